@@ -1,0 +1,1 @@
+"""Video input and output: streaming decoders (decord, PyAV, frame folders) and an H.264 writer."""

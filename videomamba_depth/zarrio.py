@@ -1,0 +1,262 @@
+"""Zarr v3 store conventions shared by every stage.
+
+A *store* is one Zarr v3 group per video and stage (``data/<stage>/<video>.zarr``). Conventions:
+
+- Arrays indexed by frame have time as axis 0, are chunked along time only (whole frames per chunk) and
+  sharded, so a store is a handful of files (DVC hashes every file; thousands of chunk files make it crawl).
+- Chunks are compressed with Blosc/zstd; each array carries ``dimension_names``, a ``units`` attribute and a
+  one-line ``description``.
+- The group carries ``kind`` (what the store holds), ``format_version`` and ``provenance`` (stage, params,
+  backend, package versions) in its attributes. Nothing time- or host-dependent is written, so the same
+  inputs and params give byte-identical stores.
+- Stores are written under a temporary sibling name and renamed into place only when complete
+  (:func:`writing_store`), so an interrupted stage never leaves a store that looks finished.
+- Frames are written through :class:`TimeWriter`, which buffers whole shards: writing is streamed in bounded
+  memory and no shard is read back and rewritten.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+FORMAT_VERSION = 1
+
+# Target uncompressed bytes per chunk: large enough for zstd to work well, small enough that reading a short
+# training clip does not decompress far more frames than it uses.
+CHUNK_BYTES = 4 * 2**20
+# At most this many frames per chunk for frame-sized arrays (a training clip of 8 frames touches 1-2 chunks).
+MAX_CHUNK_FRAMES = 8
+# Target uncompressed bytes per shard. Bounds the memory TimeWriter holds (one shard per array) and keeps
+# the number of files per store small: a 1,000-frame 224x168 RGB video is a single shard file.
+SHARD_BYTES = 128 * 2**20
+MAX_SHARD_FRAMES = 1024
+# Per-frame metadata (intrinsics, poses) is tiny: one chunk per shard.
+SMALL_FRAME_BYTES = 1024
+
+PARTIAL_MARK = ".partial-"
+_REPLACED_MARK = ".replaced-"
+
+
+class StoreError(ValueError):
+    """A store that is missing, incomplete, or not of the expected kind."""
+
+
+def compressor(dtype: np.dtype | str) -> BloscCodec:
+    """Blosc/zstd; byte-shuffle for multi-byte types (floats compress far better), bit-shuffle for bytes."""
+    itemsize = np.dtype(dtype).itemsize
+    shuffle = BloscShuffle.bitshuffle if itemsize == 1 else BloscShuffle.shuffle
+    return BloscCodec(cname="zstd", clevel=5, shuffle=shuffle, typesize=itemsize)
+
+
+def time_chunking(frame_shape: Sequence[int], dtype: np.dtype | str) -> tuple[int, int]:
+    """Frames per chunk and per shard for an array of frames of ``frame_shape`` and ``dtype``."""
+    frame_bytes = max(1, math.prod(frame_shape) * np.dtype(dtype).itemsize)
+    if frame_bytes <= SMALL_FRAME_BYTES:
+        return MAX_SHARD_FRAMES, MAX_SHARD_FRAMES
+    chunk_t = int(np.clip(CHUNK_BYTES // frame_bytes, 1, MAX_CHUNK_FRAMES))
+    chunks_per_shard = int(np.clip(SHARD_BYTES // (chunk_t * frame_bytes), 1, MAX_SHARD_FRAMES // chunk_t))
+    return chunk_t, chunk_t * chunks_per_shard
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name a store is written under before it is renamed into place."""
+    return path.with_name(f"{path.name}{PARTIAL_MARK}{os.getpid()}")
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Delete leftovers of interrupted writes of ``path`` (one writer per store is assumed)."""
+    stale = sorted(path.parent.glob(f"{path.name}{PARTIAL_MARK}*")) + sorted(
+        path.parent.glob(f"{path.name}{_REPLACED_MARK}*")
+    )
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory of ``path``; rename it to ``path`` when the block succeeds.
+
+    On any exception the temporary directory is deleted and an existing ``path`` is left untouched; a
+    replaced ``path`` is deleted only after the new one is in place. Leftovers of killed writers are removed
+    first (one writer per path is assumed; DVC's lock guarantees it inside a pipeline).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
+    tmp = partial_path(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f"{path.name}{_REPLACED_MARK}{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+@contextmanager
+def writing_store(path: str | Path, kind: str, attrs: Mapping[str, Any]) -> Iterator[zarr.Group]:
+    """Create a Zarr v3 group under a temporary name, yield it, and rename it to ``path`` on success.
+
+    Atomic as :func:`atomic_directory`. ``attrs`` become the group attributes, next to ``kind`` and
+    ``format_version``.
+    """
+    with atomic_directory(path) as tmp:
+        yield zarr.open_group(
+            tmp, mode="w", zarr_format=3, attributes={"kind": kind, "format_version": FORMAT_VERSION, **attrs}
+        )
+
+
+def create_time_array(
+    group: zarr.Group,
+    name: str,
+    frame_shape: Sequence[int],
+    dtype: np.dtype | str,
+    *,
+    dims: Sequence[str],
+    units: str,
+    description: str,
+    length: int = 0,
+    fill_value: Any = 0,
+    attrs: Mapping[str, Any] | None = None,
+) -> zarr.Array:
+    """A time-chunked, sharded, compressed array of ``length`` frames of ``frame_shape``.
+
+    ``dims`` names every axis, time first (e.g. ``("t", "y", "x", "c")``). Start with ``length=0`` and grow
+    the array with :class:`TimeWriter` when the number of frames is not known in advance.
+    """
+    frame_shape = tuple(int(s) for s in frame_shape)
+    if len(dims) != 1 + len(frame_shape) or dims[0] != "t":
+        raise ValueError(f"{name}: dims {tuple(dims)} must name 't' first and every frame axis")
+    chunk_t, shard_t = time_chunking(frame_shape, dtype)
+    return group.create_array(
+        name,
+        shape=(length, *frame_shape),
+        dtype=dtype,
+        chunks=(chunk_t, *frame_shape),
+        shards=(shard_t, *frame_shape),
+        compressors=compressor(dtype),
+        fill_value=fill_value,
+        dimension_names=tuple(dims),
+        attributes={"units": units, "description": description, **(attrs or {})},
+    )
+
+
+def create_static_array(
+    group: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    *,
+    dims: Sequence[str],
+    units: str,
+    description: str,
+) -> zarr.Array:
+    """A small array that is not indexed by time (e.g. a per-video mask), written whole in one chunk."""
+    data = np.asarray(data)
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=data.shape,
+        compressors=compressor(data.dtype),
+        fill_value=0,
+        dimension_names=tuple(dims),
+        attributes={"units": units, "description": description},
+    )
+    arr[...] = data
+    return arr
+
+
+class TimeWriter:
+    """Appends frames to a time array, writing whole shards at a time.
+
+    Holds at most one shard of frames in memory. Call :meth:`close` (or use as a context manager) to write
+    the last, partial shard.
+    """
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.shard_t = array.shards[0] if array.shards is not None else array.chunks[0]
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._written = array.shape[0]
+        if self._written % self.shard_t:
+            raise ValueError(f"{array.path}: can only append at a shard boundary, length is {self._written}")
+
+    @property
+    def length(self) -> int:
+        """Frames appended so far (written or buffered)."""
+        return self._written + self._buffered
+
+    def append(self, frames: np.ndarray) -> None:
+        """Append a batch of frames ``(n, *frame_shape)``."""
+        frames = np.asarray(frames)
+        if frames.shape[1:] != self.array.shape[1:]:
+            raise ValueError(
+                f"{self.array.path}: frame shape {frames.shape[1:]} does not match {self.array.shape[1:]}"
+            )
+        self._buffer.append(frames.astype(self.array.dtype, copy=False))
+        self._buffered += len(frames)
+        while self._buffered >= self.shard_t:
+            self._flush(self.shard_t)
+
+    def _flush(self, n: int) -> None:
+        data = np.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        head, rest = data[:n], data[n:]
+        t0 = self._written
+        self.array.resize((t0 + n, *self.array.shape[1:]))
+        self.array[t0 : t0 + n] = head
+        self._written += n
+        self._buffer = [rest] if len(rest) else []
+        self._buffered = len(rest)
+
+    def close(self) -> None:
+        """Write whatever is buffered."""
+        if self._buffered:
+            self._flush(self._buffered)
+
+    def __enter__(self) -> TimeWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
+    """Open a finished store read-only; check its ``kind`` when given. Clear errors name the path."""
+    path = Path(path)
+    if not path.exists():
+        partials = list(path.parent.glob(f"{path.name}{PARTIAL_MARK}*")) if path.parent.exists() else []
+        hint = " (an interrupted write left a partial copy; re-run its stage)" if partials else ""
+        raise StoreError(f"{path}: no such store{hint}")
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+    except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
+        raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
+    if kind is not None and group.attrs.get("kind") != kind:
+        raise StoreError(f"{path}: expected a '{kind}' store, found kind={group.attrs.get('kind')!r}")
+    return group
+
+
+def require_arrays(group: zarr.Group, path: str | Path, names: Sequence[str]) -> None:
+    """Raise a :class:`StoreError` naming the store when any of ``names`` is missing from ``group``."""
+    missing = [n for n in names if n not in group]
+    if missing:
+        raise StoreError(f"{path}: missing array(s) {missing}")
