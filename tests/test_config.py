@@ -1,0 +1,77 @@
+"""Stage configs: typed, frozen, unknown keys rejected with the section named."""
+
+from dataclasses import FrozenInstanceError, dataclass, field
+from typing import Literal
+
+import pytest
+
+from videomamba_depth.config import ConfigError, StageConfig, load_params, load_section
+
+
+@dataclass(frozen=True)
+class Inner(StageConfig):
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Example(StageConfig):
+    lr: float
+    steps: int = 10
+    backend: Literal["torch", "cuda"] = "torch"
+    sizes: tuple[int, ...] = (1, 2)
+    pair: tuple[float, float] = (0.0, 1.0)
+    note: str | None = None
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+    seeds: dict[str, int] = field(default_factory=dict)
+
+
+def test_builds_and_coerces():
+    cfg = Example.from_dict(
+        {"lr": 1, "sizes": [3, 4, 5], "pair": [1, 2], "inner": {"weight": 2}, "seeds": {"a": 1}}, "train"
+    )
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.sizes == (3, 4, 5) and cfg.pair == (1.0, 2.0)
+    assert cfg.inner == Inner(weight=2.0)
+    assert cfg.seeds == {"a": 1}
+    assert cfg.to_dict()["sizes"] == [3, 4, 5]
+    with pytest.raises(FrozenInstanceError):
+        cfg.lr = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": 1.0, "lrr": 2.0}, r"train: unknown key\(s\) \['lrr'\]"),
+        ({}, "train: missing required key 'lr'"),
+        ({"lr": "fast"}, "train.lr: expected a number"),
+        ({"lr": 1.0, "steps": 2.5}, "train.steps: expected an integer"),
+        ({"lr": 1.0, "steps": True}, "train.steps: expected an integer"),
+        ({"lr": 1.0, "backend": "tpu"}, "train.backend: 'tpu' is not one of"),
+        ({"lr": 1.0, "pair": [1.0]}, "train.pair: expected 2 values"),
+        ({"lr": 1.0, "inner": {"wieght": 1}}, r"train.inner: unknown key\(s\) \['wieght'\]"),
+        ({"lr": 1.0, "flag": "yes"}, "train.flag: expected true/false"),
+    ],
+)
+def test_rejects_bad_values(values, message):
+    with pytest.raises(ConfigError, match=message):
+        Example.from_dict(values, "train")
+
+
+def test_load_section_and_errors(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  lr: 0.1\n")
+    assert load_section(Example, "train", load_params(p)).lr == 0.1
+    with pytest.raises(ConfigError, match="missing section 'evaluate'"):
+        load_section(Example, "evaluate", load_params(p))
+    with pytest.raises(ConfigError, match="cannot read params file"):
+        load_params(tmp_path / "nope.yaml")
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(p)
+
+
+def test_repository_params_have_every_stage_section():
+    params = load_params()
+    for section in ("videos", "synth", "decode", "prepare", "teacher", "flow", "train", "evaluate"):
+        assert section in params, section
