@@ -1,0 +1,493 @@
+"""Random indoor scenes for the synthetic RGB-D videos, all drawn from one seed.
+
+A scene is a textured room (3.5-8 m, walls, floor, ceiling), furniture-sized boxes resting on the floor or
+against walls, balls and small boxes on the floor and on furniture, posters on the walls, and 1-3 freely
+moving textured objects in front of a hand-held camera. Placement keeps every body clear of the camera's
+whole reachable region and of the moving objects' swept volumes, so no frame ever starts inside geometry
+and nothing interpenetrates. Motions are sums of sinusoids, so they are smooth and stay bounded however
+long the video is, and the layout does not depend on the number of frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from videomamba_depth.camera import make_K
+from videomamba_depth.config import StageConfig
+from videomamba_depth.synth.geometry import (
+    Body,
+    CameraPath,
+    RigidPath,
+    Sinusoids,
+    distance_to_body,
+    yaw_rotation,
+)
+from videomamba_depth.synth.textures import TextureAtlas, make_texture
+
+# Gap between the camera's reachable sphere and any static body: nothing fills the view from point-blank.
+CAMERA_CLEARANCE_M = 0.8
+# Gap between the camera's and a moving object's reachable spheres.
+CAMERA_MOVING_GAP_M = 0.5
+# How far the camera's reachable region stays from the walls.
+CAMERA_WALL_MARGIN_M = 0.4
+# Frequencies of moving objects' translation: fast enough that no object rests for long.
+MOVING_HZ = (0.25, 0.6)
+# Slowest a moving object may be made (fraction of its drawn speed) to fit the room.
+MIN_CALM = 0.5
+# Spin of moving objects about a random axis, degrees per second (random sign).
+MOVING_SPIN_DPS = (45.0, 150.0)
+# Furniture boxes (width, depth, height ranges in metres) and how many placements to try per body.
+FURNITURE_W, FURNITURE_D, FURNITURE_H = (0.4, 1.8), (0.35, 0.8), (0.45, 2.0)
+ATTEMPTS = 40
+# Bodies may touch (an item on a table) but not overlap by more than this.
+TOUCH_TOL_M = 1e-3
+# Least gap between a moving object's swept sphere and any other body.
+GAP_M = 0.05
+
+
+@dataclass(frozen=True)
+class SynthConfig(StageConfig):
+    """Parameters of the synthetic videos (``synth`` section of params.yaml).
+
+    Pairs are [low, high] ranges drawn uniformly per video from its seed.
+    """
+
+    videos: dict[str, int] = field(default_factory=dict)  # video name -> seed
+    width: int = 256  # frame size in pixels (even: H.264 yuv420p)
+    height: int = 192
+    fps: int = 24
+    num_frames: tuple[int, int] = (48, 64)  # frames per video (inclusive range)
+    supersample: int = 2  # RGB anti-aliasing: supersample x supersample rays per pixel (1 = none)
+    crf: int = 18  # H.264 constant rate factor of video.mp4 (lower = better quality)
+    hfov_deg: tuple[float, float] = (45.0, 90.0)  # horizontal field of view
+    principal_offset: float = 0.02  # max |principal point - image centre| as a fraction of width/height
+    room_size_m: tuple[float, float] = (3.5, 8.0)  # room length and width (each drawn separately)
+    room_height_m: tuple[float, float] = (2.4, 3.2)
+    camera_height_m: tuple[float, float] = (1.2, 1.8)  # mean camera height above the floor
+    camera_speed_mps: tuple[float, float] = (0.2, 0.6)  # RMS translation speed (less in small rooms)
+    camera_yaw_deg: tuple[float, float] = (8.0, 20.0)  # amplitude of the heading oscillation
+    camera_pitch_deg: tuple[float, float] = (-20.0, 0.0)  # mean pitch (negative looks down)
+    motion_hz: tuple[float, float] = (0.1, 0.35)  # frequencies of the camera's sinusoidal motion
+    furniture: tuple[int, int] = (3, 7)  # furniture boxes per room
+    moving_objects: tuple[int, int] = (1, 3)  # independently moving objects per video
+    moving_size_m: tuple[float, float] = (0.45, 0.9)  # diameter / box edge of moving objects
+    moving_speed_mps: tuple[float, float] = (0.4, 1.0)  # RMS translation speed of moving objects
+    moving_distance_m: tuple[float, float] = (1.5, 3.2)  # distance from the camera when placed
+    ambient: float = 0.5  # ambient share of the lighting (the rest is Lambertian from a ceiling light)
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be positive and even, got {self.width}x{self.height}")
+        if self.fps <= 0 or self.supersample < 1 or not 0 <= self.crf <= 51:
+            raise ValueError("fps must be > 0, supersample >= 1 and crf in [0, 51]")
+        for name in ("num_frames", "hfov_deg", "room_size_m", "room_height_m", "camera_height_m",
+                     "camera_speed_mps", "camera_yaw_deg", "camera_pitch_deg", "motion_hz", "furniture",
+                     "moving_objects", "moving_size_m", "moving_speed_mps", "moving_distance_m"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: low {low} > high {high}")
+        if self.num_frames[0] < 2:
+            raise ValueError("num_frames: a video needs at least 2 frames (flow is between frames)")
+        if not (0 < self.hfov_deg[0] and self.hfov_deg[1] < 170):
+            raise ValueError(f"hfov_deg must lie in (0, 170), got {self.hfov_deg}")
+        if self.room_size_m[0] < 3.0 or self.room_height_m[0] < self.camera_height_m[1] + 0.5:
+            raise ValueError("rooms must be >= 3 m wide and >= 0.5 m taller than the highest camera")
+        if self.moving_objects[0] < 1:
+            raise ValueError("moving_objects: every video needs at least one moving object")
+        if not 0.0 <= self.ambient <= 1.0:
+            raise ValueError(f"ambient must be in [0, 1], got {self.ambient}")
+
+    def seed(self, name: str) -> int:
+        """The seed of video ``name``; a clear error when it is not listed."""
+        if name not in self.videos:
+            raise KeyError(f"synth.videos has no video '{name}'; known: {sorted(self.videos)}")
+        return self.videos[name]
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """Everything needed to render one video, frame by frame.
+
+    ``bodies[0]`` is the room, then static bodies, then the moving ones (``num_static`` counts room and
+    static bodies). ``K`` (3, 3) is the same for every frame.
+    """
+
+    seed: int
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+    supersample: int
+    hfov_deg: float
+    K: np.ndarray
+    bodies: tuple[Body, ...]
+    num_static: int
+    camera: CameraPath
+    atlas: TextureAtlas
+    patterns: tuple[str, ...]
+    light_position: np.ndarray
+    light_colour: np.ndarray
+    ambient: float
+
+    @property
+    def moving(self) -> np.ndarray:
+        """``(num_bodies,)`` bool: which bodies move independently of the room."""
+        return np.arange(len(self.bodies)) >= self.num_static
+
+    def poses(self, t: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every body's (R, centre) at time ``t`` seconds."""
+        return [b.path.pose(t) for b in self.bodies]
+
+    def summary(self) -> dict:
+        """JSON-serialisable description for the ground-truth store's attributes."""
+        room = self.bodies[0]
+        return {
+            "world": "metres; z up; floor z=0; room spans [0, Lx] x [0, Ly] x [0, Lz]",
+            "room_m": (2 * room.half).round(4).tolist(),
+            "hfov_deg": round(self.hfov_deg, 4),
+            "static_bodies": [b.kind for b in self.bodies[1 : self.num_static]],
+            "moving_bodies": [
+                {
+                    "kind": b.kind,
+                    "half_extents_m": b.half.round(4).tolist(),
+                    "reach_m": round(b.path.offset.reach(), 4),
+                    "spin_deg_s": round(math.degrees(b.path.spin_rad_s), 2),
+                }
+                for b in self.bodies[self.num_static :]
+            ],
+            "camera": {
+                "centre_m": self.camera.centre.round(4).tolist(),
+                "reach_m": round(self.camera.offset.reach(), 4),
+                "base_yaw_pitch_roll_deg": np.degrees(self.camera.base_angles).round(3).tolist(),
+                "offset": self.camera.offset.to_attrs(),
+                "angles": self.camera.angles.to_attrs(),
+            },
+            "textures": list(self.patterns),
+            "ambient": self.ambient,
+        }
+
+
+class _Materials:
+    """Texture recipes collected while laying out a scene; generated at the end from their own stream."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.recipes: list[tuple[str, tuple[float, float, float]]] = []
+
+    def add(self, pattern: str, hsv: tuple[float, float, float]) -> int:
+        self.recipes.append((pattern, hsv))
+        return len(self.recipes) - 1
+
+    def pick(self, patterns: list[str], h: tuple[float, float], s: tuple[float, float],
+             v: tuple[float, float]) -> int:
+        """A new material: a random pattern of ``patterns`` in a colour drawn from the HSV ranges."""
+        rng = self.rng
+        pattern = patterns[rng.integers(len(patterns))]
+        return self.add(pattern, (rng.uniform(*h), rng.uniform(*s), rng.uniform(*v)))
+
+    def atlas(self, rng: np.random.Generator) -> TextureAtlas:
+        return TextureAtlas([make_texture(rng, p, hsv) for p, hsv in self.recipes])
+
+
+def _uniform(rng: np.random.Generator, pair: tuple[float, float]) -> float:
+    return float(rng.uniform(*pair))
+
+
+def _random_unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.standard_normal(4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _amplitudes_for_speed(directions: np.ndarray, freqs: np.ndarray, speed: float) -> np.ndarray:
+    """Amplitudes ``(K, 3)`` along ``directions`` (K, 3) (relative weights) whose sinusoids at ``freqs`` move
+    with RMS speed ``speed``: the velocity of sum_k a_k sin(2 pi f_k t + phi_k) has mean square
+    sum_k |2 pi f_k a_k|^2 / 2 (distinct frequencies)."""
+    amplitudes = directions / (2 * np.pi * freqs)[:, None]
+    rms = np.sqrt(np.sum(np.linalg.norm(amplitudes * (2 * np.pi * freqs)[:, None], axis=1) ** 2) / 2)
+    return amplitudes * (speed / rms)
+
+
+def _exit_distance(origin: np.ndarray, direction: np.ndarray, size: np.ndarray) -> float:
+    """Distance from a point inside the floor rectangle [0, size] to its boundary along a 2-D direction."""
+    with np.errstate(divide="ignore"):
+        t = np.where(direction > 0, (size - origin) / direction, -origin / direction)
+    return float(np.min(np.where(direction != 0, t, np.inf)))
+
+
+def _yaw(R: np.ndarray) -> float:
+    return math.atan2(R[1, 0], R[0, 0])
+
+
+def _overlap(a: Body, b: Body) -> bool:
+    """Whether two static bodies overlap (touching allowed). Boxes only ever rotate about z."""
+    if a.kind == "sphere" or b.kind == "sphere":
+        sphere, other = (a, b) if a.kind == "sphere" else (b, a)
+        return distance_to_body(sphere.path.centre, other) < sphere.half[0] - TOUCH_TOL_M
+    za, zb = a.path.centre[2], b.path.centre[2]
+    if za + a.half[2] <= zb - b.half[2] + TOUCH_TOL_M or zb + b.half[2] <= za - a.half[2] + TOUCH_TOL_M:
+        return False
+    # Separating-axis test of the two floor rectangles.
+    delta = b.path.centre[:2] - a.path.centre[:2]
+    frames = [yaw_rotation(_yaw(body.path.R0))[:2, :2] for body in (a, b)]
+    for axis in (*frames[0].T, *frames[1].T):
+        ra = sum(a.half[i] * abs(axis @ frames[0][:, i]) for i in range(2))
+        rb = sum(b.half[i] * abs(axis @ frames[1][:, i]) for i in range(2))
+        if abs(axis @ delta) >= ra + rb - TOUCH_TOL_M:
+            return False
+    return True
+
+
+class _Layout:
+    """Places bodies one by one, rejecting any that would overlap, leave the room or crowd the camera."""
+
+    def __init__(self, room: np.ndarray, camera_centre: np.ndarray, camera_reach: float) -> None:
+        self.room = room
+        self.camera_centre, self.camera_reach = camera_centre, camera_reach
+        self.static: list[Body] = []
+        self.moving: list[Body] = []
+
+    def fits_static(self, body: Body) -> bool:
+        R, c = body.path.R0, body.path.centre
+        extent = body.half if body.kind == "sphere" else np.abs(R) @ body.half  # half size of the AABB
+        if (c - extent < -TOUCH_TOL_M).any() or (c + extent > self.room + TOUCH_TOL_M).any():
+            return False
+        if distance_to_body(self.camera_centre, body) < self.camera_reach + CAMERA_CLEARANCE_M:
+            return False
+        for m in self.moving:
+            if distance_to_body(m.path.centre, body) < m.path.offset.reach() + m.bound_radius + GAP_M:
+                return False
+        return not any(_overlap(body, other) for other in self.static)
+
+    def fits_moving(self, body: Body) -> bool:
+        path, r = body.path, body.bound_radius
+        # Per-axis reach: the centre stays within centre +- sum_k |a_k| on each axis.
+        reach_axes = np.abs(path.offset.amplitudes).sum(axis=0) + r
+        margin = np.array([0.05, 0.05, 0.02])
+        if (path.centre - reach_axes < margin).any() or (path.centre + reach_axes > self.room - margin).any():
+            return False
+        reach = path.offset.reach() + r  # the body never leaves this sphere about path.centre
+        if np.linalg.norm(path.centre - self.camera_centre) < reach + self.camera_reach + CAMERA_MOVING_GAP_M:
+            return False
+        for m in self.moving:
+            other = m.path.offset.reach() + m.bound_radius
+            if np.linalg.norm(path.centre - m.path.centre) < reach + other + GAP_M:
+                return False
+        return True
+
+
+def _camera_path(config: SynthConfig, rng: np.random.Generator, room: np.ndarray) -> CameraPath:
+    """A hand-held camera near one side of the room, looking across it, swaying and turning smoothly."""
+    speed = _uniform(rng, config.camera_speed_mps)
+    freqs = rng.uniform(*config.motion_hz, size=2)
+    heading = rng.uniform(0, 2 * np.pi)
+    d1 = np.array([np.cos(heading), np.sin(heading), 0.0])
+    d2 = _random_unit(rng) * np.array([1.0, 1.0, 0.3])
+    amplitudes = _amplitudes_for_speed(np.stack([d1, d2]), freqs, speed)
+    # Small rooms get a smaller sway: the camera must stay clear of walls and furniture.
+    max_reach = 0.12 * room[:2].min() + 0.15
+    reach = np.linalg.norm(amplitudes, axis=1).sum()
+    amplitudes *= min(1.0, max_reach / reach)
+    offset = Sinusoids(amplitudes, freqs, rng.uniform(0, 2 * np.pi, size=2))
+    reach = offset.reach()
+
+    yaw0 = rng.uniform(0, 2 * np.pi)
+    forward = np.array([np.cos(yaw0), np.sin(yaw0)])
+    lateral = np.array([-forward[1], forward[0]])
+    centre_xy = room[:2] / 2
+    span = _exit_distance(centre_xy, forward, room[:2]) + _exit_distance(centre_xy, -forward, room[:2])
+    span_lat = _exit_distance(centre_xy, lateral, room[:2]) + _exit_distance(centre_xy, -lateral, room[:2])
+    xy = centre_xy - forward * rng.uniform(0.2, 0.32) * span + lateral * rng.uniform(-0.12, 0.12) * span_lat
+    margin = reach + CAMERA_WALL_MARGIN_M
+    xy = np.clip(xy, margin, room[:2] - margin)
+    centre = np.array([*xy, _uniform(rng, config.camera_height_m)])
+
+    yaw_amp = math.radians(_uniform(rng, config.camera_yaw_deg))
+    share = rng.uniform(0.55, 0.85)
+    angle_amps = np.array([[share, rng.uniform(-0.35, 0.35), rng.uniform(-0.1, 0.1)],
+                           [1 - share, rng.uniform(-0.35, 0.35), rng.uniform(-0.1, 0.1)]]) * yaw_amp
+    angles = Sinusoids(angle_amps, rng.uniform(*config.motion_hz, size=2), rng.uniform(0, 2 * np.pi, size=2))
+    base = np.array([yaw0, math.radians(_uniform(rng, config.camera_pitch_deg)), 0.0])
+    return CameraPath(centre, offset, base, angles)
+
+
+def _moving_body(config: SynthConfig, rng: np.random.Generator, camera: CameraPath, hfov: float,
+                 calm: float, material: int) -> Body:
+    """A box or ball drifting on a Lissajous path across the camera's view while spinning; ``calm`` scales
+    its speed (and so its reach) down."""
+    size = _uniform(rng, config.moving_size_m)
+    if rng.random() < 0.5:
+        kind, half = "sphere", np.full(3, size / 2)
+    else:
+        kind, half = "box", size / 2 * rng.uniform(0.6, 1.0, size=3)
+    speed = _uniform(rng, config.moving_speed_mps) * calm
+    freqs = rng.uniform(*MOVING_HZ, size=2)
+    bearing = camera.base_angles[0] + rng.uniform(-0.22, 0.22) * hfov
+    view = np.array([np.cos(bearing), np.sin(bearing), 0.0])
+    lateral = np.array([-view[1], view[0], 0.0])
+    # Mostly across the view (clear image motion), a weaker term in any direction (depth changes too).
+    directions = np.stack([lateral, _random_unit(rng) * np.array([1.0, 1.0, 0.4]) * 0.6])
+    amplitudes = _amplitudes_for_speed(directions, freqs, speed)
+    offset = Sinusoids(amplitudes, freqs, rng.uniform(0, 2 * np.pi, size=2))
+    radius = float(half[0]) if kind == "sphere" else float(np.linalg.norm(half))
+    z_low = radius + np.abs(amplitudes[:, 2]).sum() + 0.05
+    centre = camera.centre + view * _uniform(rng, config.moving_distance_m)
+    centre[2] = rng.uniform(z_low, max(z_low, 1.7))
+    spin = math.radians(_uniform(rng, MOVING_SPIN_DPS)) * rng.choice([-1.0, 1.0])
+    path = RigidPath(centre, _random_rotation(rng), offset, _random_unit(rng), spin)
+    return Body(kind, half, path, (material,) * 6, rng.uniform(0, 1, size=2))
+
+
+def _box(centre: np.ndarray, half: np.ndarray, yaw: float, materials: tuple,
+         rng: np.random.Generator) -> Body:
+    return Body("box", np.asarray(half, float), RigidPath.static(centre, yaw_rotation(yaw)), materials,
+                rng.uniform(0, 1, size=2))
+
+
+def _sphere(centre: np.ndarray, radius: float, material: int, rng: np.random.Generator) -> Body:
+    path = RigidPath.static(centre, _random_rotation(rng))
+    return Body("sphere", np.full(3, radius), path, (material,) * 6, rng.uniform(0, 1, size=2))
+
+
+def _against_wall(rng: np.random.Generator, room: np.ndarray, width: float, depth: float, height: float,
+                  z: float, gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and half extents of an axis-aligned box with its back ``gap`` from a random wall."""
+    wall = rng.integers(4)
+    along, across = (1, 0) if wall < 2 else (0, 1)  # axis along the wall, axis into the room
+    half = np.zeros(3)
+    half[along], half[across], half[2] = width / 2, depth / 2, height / 2
+    centre = np.zeros(3)
+    centre[along] = rng.uniform(width / 2 + 0.05, max(width / 2 + 0.05, room[along] - width / 2 - 0.05))
+    centre[across] = depth / 2 + gap if wall % 2 == 0 else room[across] - depth / 2 - gap
+    centre[2] = z
+    return centre, half
+
+
+def sample_scene(config: SynthConfig, seed: int) -> Scene:
+    """Draw a scene from ``seed``: same config and seed, same scene (and, rendered, identical bytes)."""
+    layout_seq, texture_seq = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(layout_seq)
+    W, H = config.width, config.height
+    num_frames = int(rng.integers(config.num_frames[0], config.num_frames[1] + 1))
+    hfov = math.radians(_uniform(rng, config.hfov_deg))
+    # The image spans W pixels edge to edge, i.e. from u = -0.5 to W - 0.5 around the ideal centre.
+    f = W / (2 * math.tan(hfov / 2))
+    cx = (W - 1) / 2 + rng.uniform(-1, 1) * config.principal_offset * W
+    cy = (H - 1) / 2 + rng.uniform(-1, 1) * config.principal_offset * H
+    K = make_K(f, f, cx, cy)
+
+    room = np.array([_uniform(rng, config.room_size_m), _uniform(rng, config.room_size_m),
+                     _uniform(rng, config.room_height_m)])
+    mats = _Materials(rng)
+    wall = mats.pick(["plaster", "plaster", "stripes"], (0, 1), (0.05, 0.3), (0.6, 0.88))
+    accent = mats.pick(["bricks", "stripes", "plaster", "tiles"], (0, 1), (0.1, 0.5), (0.5, 0.85))
+    floor = mats.pick(["planks", "planks", "tiles", "fabric"], (0.04, 0.12), (0.25, 0.7), (0.35, 0.75))
+    ceiling = mats.pick(["plaster"], (0, 1), (0.0, 0.08), (0.78, 0.92))
+    walls = [wall] * 4
+    walls[rng.integers(4)] = accent
+    room_body = Body("room", room / 2, RigidPath.static(room / 2, np.eye(3)), (*walls, floor, ceiling),
+                     np.zeros(2))
+
+    camera = _camera_path(config, rng, room)
+    layout = _Layout(room, camera.centre, camera.offset.reach())
+
+    for _ in range(rng.integers(config.moving_objects[0], config.moving_objects[1] + 1)):
+        material = mats.pick(["blotches", "checker"], (0, 1), (0.5, 0.9), (0.55, 0.95))
+        for attempt in range(ATTEMPTS):
+            # Later attempts move slower (down to MIN_CALM of the drawn speed), sweeping less volume.
+            body = _moving_body(config, rng, camera, hfov, max(MIN_CALM, 0.97**attempt), material)
+            if layout.fits_moving(body):
+                layout.moving.append(body)
+                break
+    if not layout.moving:
+        raise RuntimeError(f"seed {seed}: no moving object fits this room; widen synth.room_size_m or "
+                           "shrink synth.moving_size_m / moving_distance_m")
+
+    furniture_mats = [mats.pick(["planks", "fabric", "plaster", "checker"], (0, 1), (0.15, 0.7), (0.4, 0.85))
+                      for _ in range(3)]
+    for _ in range(rng.integers(config.furniture[0], config.furniture[1] + 1)):
+        material = furniture_mats[rng.integers(3)]
+        for _attempt in range(ATTEMPTS):
+            w, d, h = (_uniform(rng, r) for r in (FURNITURE_W, FURNITURE_D, FURNITURE_H))
+            if rng.random() < 0.75:
+                centre, half = _against_wall(rng, room, w, d, h, h / 2, 0.01)
+                body = _box(centre, half, 0.0, (material,) * 6, rng)
+            else:
+                centre = np.array([*rng.uniform(0, 1, 2) * room[:2], h / 2])
+                body = _box(centre, np.array([w, d, h]) / 2, rng.uniform(0, np.pi), (material,) * 6, rng)
+            if layout.fits_static(body):
+                layout.static.append(body)
+                break
+
+    # Things on furniture tops and balls on the floor.
+    for support in [b for b in layout.static if b.half[2] * 2 <= 1.3]:
+        if rng.random() < 0.4:
+            continue
+        material = mats.pick(["blotches", "checker", "stripes", "fabric"], (0, 1), (0.3, 0.9), (0.4, 0.95))
+        top = support.path.centre[2] + support.half[2]
+        for _attempt in range(ATTEMPTS // 4):
+            spot = support.path.centre + support.path.R0 @ (rng.uniform(-0.7, 0.7, 3) * support.half)
+            if rng.random() < 0.5:
+                r = rng.uniform(0.07, min(0.22, support.half[:2].min()))
+                body = _sphere(np.array([spot[0], spot[1], top + r]), r, material, rng)
+            else:
+                half = rng.uniform(0.05, 0.2, 3)
+                body = _box(np.array([spot[0], spot[1], top + half[2]]), half, rng.uniform(0, np.pi),
+                            (material,) * 6, rng)
+            if layout.fits_static(body):
+                layout.static.append(body)
+                break
+    for _ in range(rng.integers(0, 3)):
+        material = mats.pick(["blotches", "checker", "stripes"], (0, 1), (0.4, 0.9), (0.5, 0.95))
+        for _attempt in range(ATTEMPTS // 4):
+            r = rng.uniform(0.1, 0.3)
+            body = _sphere(np.array([*(r + rng.uniform(0, 1, 2) * (room[:2] - 2 * r)), r]), r, material, rng)
+            if layout.fits_static(body):
+                layout.static.append(body)
+                break
+
+    # Posters and doors: thin boxes on the walls.
+    for _ in range(rng.integers(1, 4)):
+        material = mats.pick(["blotches", "checker", "stripes", "planks"], (0, 1), (0.3, 0.9), (0.4, 0.95))
+        for _attempt in range(ATTEMPTS // 4):
+            w, h = rng.uniform(0.4, 1.2), rng.uniform(0.3, 1.0)
+            z = rng.uniform(0.9, max(0.9, room[2] - h / 2 - 0.15))
+            centre, half = _against_wall(rng, room, w, 0.03, h, z, 0.005)
+            body = _box(centre, half, 0.0, (material,) * 6, rng)
+            if layout.fits_static(body):
+                layout.static.append(body)
+                break
+
+    light_position = np.array([*rng.uniform(0.3, 0.7, 2) * room[:2], room[2] - 0.6])
+    light_colour = (1.0 + rng.uniform(-0.06, 0.06, 3)) * rng.uniform(0.95, 1.1)
+    bodies = (room_body, *layout.static, *layout.moving)
+    return Scene(
+        seed=seed,
+        width=W,
+        height=H,
+        fps=config.fps,
+        num_frames=num_frames,
+        supersample=config.supersample,
+        hfov_deg=math.degrees(hfov),
+        K=K,
+        bodies=bodies,
+        num_static=1 + len(layout.static),
+        camera=camera,
+        atlas=mats.atlas(np.random.default_rng(texture_seq)),
+        patterns=tuple(p for p, _ in mats.recipes),
+        light_position=light_position,
+        light_colour=light_colour,
+        ambient=config.ambient,
+    )
