@@ -95,9 +95,9 @@ def test_validate_K_rejects(K, message):
 
 def test_bad_intrinsics_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(IntrinsicsError, match="bad.json: cannot parse"):
+    with pytest.raises(IntrinsicsError, match=r"bad\.json: cannot parse"):
         load_intrinsics(tmp_path / "bad.json")
-    with pytest.raises(IntrinsicsError, match="missing.json: cannot read"):
+    with pytest.raises(IntrinsicsError, match=r"missing\.json: cannot read"):
         load_intrinsics(tmp_path / "missing.json")
     (tmp_path / "k.txt").write_text("1")
     with pytest.raises(IntrinsicsError, match=r"must be a \.json or \.npy"):

@@ -8,6 +8,7 @@ import tensorstore as ts
 
 from videomamba_depth.zarrio import (
     MAX_CHUNK_FRAMES,
+    SHARD_BYTES,
     StoreError,
     TimeWriter,
     atomic_directory,
@@ -27,8 +28,9 @@ def _files(path):
 def test_time_chunking_bounds():
     chunk, shard = time_chunking((168, 224, 3), "uint8")
     assert chunk == MAX_CHUNK_FRAMES and shard % chunk == 0 and shard >= 256
-    chunk, shard = time_chunking((2160, 3840, 3), "uint8")  # 4K: one frame per chunk, shard <= 128 MiB
-    assert chunk == 1 and 1 <= shard * 2160 * 3840 * 3 <= 128 * 2**20
+    assert shard * 168 * 224 * 3 <= SHARD_BYTES
+    chunk, shard = time_chunking((2160, 3840, 3), "uint8")  # 4K: one frame per chunk, bounded shard
+    assert chunk == 1 and 1 <= shard * 2160 * 3840 * 3 <= SHARD_BYTES
     assert time_chunking((3, 3), "float64")[0] >= 1024  # per-frame metadata: one chunk
 
 
@@ -38,10 +40,12 @@ def test_streamed_write_roundtrip_and_independent_reader(tmp_path):
     depth = rng.random((23, 12, 10)).astype(np.float16)
     path = tmp_path / "v.zarr"
     with writing_store(path, "frames", {"fps": 24.0}) as g:
-        rgb = create_time_array(g, "rgb", (12, 10, 3), "uint8", dims=("t", "y", "x", "c"), units="sRGB",
-                                description="frames")
-        d = create_time_array(g, "depth", (12, 10), "float16", dims=("t", "y", "x"), units="m",
-                              description="depth")
+        rgb = create_time_array(
+            g, "rgb", (12, 10, 3), "uint8", dims=("t", "y", "x", "c"), units="sRGB", description="frames"
+        )
+        d = create_time_array(
+            g, "depth", (12, 10), "float16", dims=("t", "y", "x"), units="m", description="depth"
+        )
         with TimeWriter(rgb) as w1, TimeWriter(d) as w2:
             for i in range(0, 23, 7):  # batches that do not align with chunks or shards
                 w1.append(frames[i : i + 7])
@@ -105,6 +109,8 @@ def test_open_store_errors(tmp_path):
 
 def test_time_writer_checks_frame_shape(tmp_path):
     with writing_store(tmp_path / "v.zarr", "frames", {}) as g:
-        arr = create_time_array(g, "rgb", (4, 4, 3), "uint8", dims=("t", "y", "x", "c"), units="", description="")
+        arr = create_time_array(
+            g, "rgb", (4, 4, 3), "uint8", dims=("t", "y", "x", "c"), units="", description=""
+        )
         with pytest.raises(ValueError, match="frame shape"):
             TimeWriter(arr).append(np.zeros((1, 4, 5, 3), np.uint8))

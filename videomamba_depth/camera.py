@@ -36,8 +36,9 @@ def validate_K(K: np.ndarray, source: str) -> np.ndarray:
         raise IntrinsicsError(f"{source}: intrinsics contain NaN or inf")
     Ks = K.reshape(-1, 3, 3)
     if (Ks[:, 0, 0] <= 0).any() or (Ks[:, 1, 1] <= 0).any():
-        raise IntrinsicsError(f"{source}: focal lengths must be positive, got fx={Ks[:, 0, 0].min()}, "
-                              f"fy={Ks[:, 1, 1].min()}")
+        raise IntrinsicsError(
+            f"{source}: focal lengths must be positive, got fx={Ks[:, 0, 0].min()}, fy={Ks[:, 1, 1].min()}"
+        )
     if not np.allclose(Ks[:, 2], [0.0, 0.0, 1.0]) or not np.allclose(Ks[:, 1, 0], 0.0):
         raise IntrinsicsError(f"{source}: not an upper-triangular pinhole matrix with last row (0, 0, 1)")
     return K

@@ -29,7 +29,9 @@ def package_versions(*packages: str) -> dict[str, str]:
     return out
 
 
-def provenance(stage: str, config: StageConfig | None, *, packages: tuple[str, ...] = (), **extra: Any) -> dict:
+def provenance(
+    stage: str, config: StageConfig | None, *, packages: tuple[str, ...] = (), **extra: Any
+) -> dict:
     """The ``provenance`` attribute block: stage name, resolved params, versions and stage-specific extras."""
     return {
         "stage": stage,

@@ -26,7 +26,9 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: int
             if stream is None:
                 height, width = frame.shape[:2]
                 if width % 2 or height % 2:
-                    raise ValueError(f"{path}: H.264 yuv420p needs even width and height, got {width}x{height}")
+                    raise ValueError(
+                        f"{path}: H.264 yuv420p needs even width and height, got {width}x{height}"
+                    )
                 stream = container.add_stream("libx264", rate=fps)
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}

@@ -1,0 +1,21 @@
+"""Stage ``decode@<name>``: decode manifest video ``<name>`` into ``data/frames/<name>.zarr``."""
+
+import argparse
+
+from videomamba_depth.config import load_params, load_section
+from videomamba_depth.decode import KIND, DecodeConfig, decode_video
+from videomamba_depth.manifest import load_manifest_entry, store_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", help="video name: a key of 'videos' in params.yaml")
+    args = parser.parse_args(argv)
+    params = load_params()
+    entry = load_manifest_entry(args.name, params)
+    config = load_section(DecodeConfig, "decode", params)
+    decode_video(entry, store_path(KIND, args.name), config, name=args.name)
+
+
+if __name__ == "__main__":
+    main()

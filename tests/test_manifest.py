@@ -1,0 +1,64 @@
+"""The video manifest (``videos`` in params.yaml) and the decode/prepare sections of the real params.yaml."""
+
+import pytest
+
+from videomamba_depth.config import ConfigError, load_params, load_section
+from videomamba_depth.decode import DecodeConfig
+from videomamba_depth.manifest import VideoEntry, load_manifest, load_manifest_entry, store_path
+from videomamba_depth.prepare import PrepareConfig
+
+PARAMS = {
+    "videos": {
+        "kitchen": {"video": "videos/kitchen.mp4", "intrinsics": "videos/kitchen.json", "ground_truth": None},
+        "walk": {"video": "videos/walk_frames"},
+        "broken": {"vidoe": "typo.mp4"},
+    }
+}
+
+
+def test_entries_and_defaults():
+    expected = VideoEntry("videos/kitchen.mp4", "videos/kitchen.json", None)
+    assert load_manifest_entry("kitchen", PARAMS) == expected
+    walk = load_manifest_entry("walk", PARAMS)
+    assert walk.video == "videos/walk_frames" and walk.intrinsics is None and walk.ground_truth is None
+
+
+def test_unknown_name_lists_known_names():
+    message = r"no video named 'garden' in 'videos'; known videos: kitchen, walk, broken"
+    with pytest.raises(ConfigError, match=message):
+        load_manifest_entry("garden", PARAMS)
+
+
+def test_a_broken_entry_fails_alone():
+    with pytest.raises(ConfigError, match=r"videos\.broken: unknown key\(s\) \['vidoe'\]"):
+        load_manifest_entry("broken", PARAMS)
+    with pytest.raises(ConfigError, match=r"videos\.broken"):
+        load_manifest(PARAMS)
+    assert load_manifest_entry("walk", PARAMS).video == "videos/walk_frames"  # other entries still load
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "'videos' must map video names to entries"),
+        ({"videos": {"a": {"intrinsics": None}}}, r"videos\.a: missing required key 'video'"),
+        ({"videos": {"a/b": {"video": "x.mp4"}}}, "video name 'a/b' must start with a letter or digit"),
+        ({"videos": {"a": {"video": 3}}}, r"videos\.a\.video: expected a string"),
+    ],
+)
+def test_malformed_manifest(params, message):
+    with pytest.raises(ConfigError, match=message):
+        load_manifest(params)
+
+
+def test_store_path():
+    assert str(store_path("frames", "kitchen")) == "data/frames/kitchen.zarr"
+
+
+def test_project_params_parse():
+    """The committed params.yaml: every manifest entry and the decode/prepare sections are valid."""
+    params = load_params("params.yaml")
+    manifest = load_manifest(params)
+    assert manifest and all(isinstance(e, VideoEntry) for e in manifest.values())
+    assert load_section(DecodeConfig, "decode", params).backend in ("decord", "pyav")
+    assert load_section(PrepareConfig, "prepare", params).pad_multiple > 0

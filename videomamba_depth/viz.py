@@ -1,0 +1,114 @@
+"""Colormaps and PNG figures for frames, depth maps, masks and x-t slices (``inspect``, evaluation).
+
+Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot state, no display needed). Scalar
+maps get a colorbar labelled with their units; pixels marked invalid are drawn black.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DEPTH_CMAP = "turbo"
+SCALAR_CMAP = "viridis"
+# Robust colour range: percentiles of the valid values, so a few outliers do not wash out the map.
+RANGE_PERCENTILES = (1.0, 99.0)
+_DPI = 100
+# Displayed image size in pixels: small images are enlarged (nearest neighbour), huge ones shrunk.
+_MIN_SIDE, _MAX_WIDTH, _MAX_HEIGHT = 320, 1000, 800
+
+
+def robust_range(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, float]:
+    """(vmin, vmax): ``RANGE_PERCENTILES`` of the finite (and ``valid``) values; (0, 1) if there are none."""
+    keep = np.isfinite(values) if valid is None else np.isfinite(values) & valid
+    if not keep.any():
+        return 0.0, 1.0
+    lo, hi = np.percentile(values[keep], RANGE_PERCENTILES)
+    return float(lo), float(hi if hi > lo else lo + 1e-6)
+
+
+def colorize(
+    values: np.ndarray,
+    vmin: float,
+    vmax: float,
+    cmap: str = DEPTH_CMAP,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Scalars ``(...)`` -> RGB ``(..., 3)`` uint8 through ``cmap`` on [vmin, vmax]; invalid ones black."""
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values) if valid is None else np.isfinite(values) & valid
+    scaled = np.clip((np.where(keep, values, vmin) - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    rgb = (matplotlib.colormaps[cmap](scaled)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    rgb[~keep] = 0
+    return rgb
+
+
+def plot_image(path: str | Path, image: np.ndarray, *, title: str, xlabel: str = "x (px)",
+               ylabel: str = "y (px)") -> Path:
+    """Save an RGB uint8 image ``(H, W, 3)`` as a titled PNG figure with pixel axes."""
+    fig, ax = _figure(image.shape[0], image.shape[1], colorbar=False)
+    ax.imshow(image, interpolation="nearest", aspect="auto")
+    return _save(fig, ax, path, title, xlabel, ylabel)
+
+
+def plot_mask(path: str | Path, mask: np.ndarray, *, title: str, xlabel: str = "x (px)",
+              ylabel: str = "y (px)") -> Path:
+    """Save a boolean mask ``(H, W)`` as a PNG figure, True white and False black."""
+    fig, ax = _figure(mask.shape[0], mask.shape[1], colorbar=False)
+    ax.imshow(mask.astype(np.uint8), cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    return _save(fig, ax, path, f"{title}\nwhite = True ({mask.mean():.1%} of pixels)", xlabel, ylabel)
+
+
+def plot_scalar(
+    path: str | Path,
+    values: np.ndarray,
+    *,
+    title: str,
+    units: str,
+    cmap: str = DEPTH_CMAP,
+    valid: np.ndarray | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    xlabel: str = "x (px)",
+    ylabel: str = "y (px)",
+) -> Path:
+    """Save a scalar map ``(H, W)`` colour-mapped, with a colorbar in ``units`` (robust range by default)."""
+    lo, hi = robust_range(values, valid)
+    vmin, vmax = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
+    keep = np.isfinite(values) if valid is None else np.isfinite(values) & valid
+    fig, ax = _figure(values.shape[0], values.shape[1], colorbar=True)
+    ax.imshow(colorize(values, vmin, vmax, cmap, valid), interpolation="nearest", aspect="auto")
+    label = units if keep.all() else f"{units}   (black: invalid)"
+    fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), ax=ax, label=label)
+    return _save(fig, ax, path, title, xlabel, ylabel)
+
+
+def _figure(height: int, width: int, *, colorbar: bool) -> tuple[Figure, object]:
+    # One scale for both axes (square pixels), except that very short images (an x-t slice of a few frames)
+    # are stretched vertically to stay readable.
+    scale = min(max(1.0, _MIN_SIDE / width), _MAX_WIDTH / width, _MAX_HEIGHT / height)
+    disp_w, disp_h = width * scale, max(height * scale, _MIN_SIDE / 2)
+    extra_w = 1.6 if colorbar else 0.6
+    fig = Figure(figsize=(disp_w / _DPI + extra_w, disp_h / _DPI + 0.9), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
+def _save(fig: Figure, ax: object, path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
