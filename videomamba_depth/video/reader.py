@@ -302,6 +302,9 @@ class DecordSource(VideoSource):
                 [sys.executable, "-m", "videomamba_depth.video.decord_worker", str(child_sock.fileno()),
                  str(self.path)],
                 pass_fds=(child_sock.fileno(),),
+                # The worker never reads stdin; detach it so a parent whose stdin is a script or a
+                # terminal it does not own cannot stall the child.
+                stdin=subprocess.DEVNULL,
             )
         try:
             _, self.num_frames, self.backend_version = self._receive("opening the file")

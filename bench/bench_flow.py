@@ -1,0 +1,157 @@
+"""Flow stage benchmark: frames/s of each flow backend on CPU, of the whole stage, and store bytes per frame.
+
+Input is one short synthetic video taken through the real pipeline (synth -> decode -> prepare -> synthetic
+teacher) in a temporary directory, so frames are the default prepared geometry with H.264 artefacts.
+
+- Backend frames/s: forward + backward flow of every consecutive pair of the image region (what the stage
+  computes per frame); DIS at each preset, RAFT (ptlflow, random weights: speed does not depend on them) only
+  where ptlflow imports.
+- Stage frames/s: ``compute_flow_store`` with the default params (DIS, consistency, PnP pose, static mask,
+  compression and writing).
+- Store bytes per frame: on-disk size of the flow store divided by the number of frames, total and per array.
+
+Run: ``python -m bench.bench_flow`` (under a minute on 2 cores). Results go to
+bench/results/bench_flow.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from videomamba_depth.decode import DecodeConfig, decode_video
+from videomamba_depth.flow import DISBackend, FlowConfig, RAFTBackend, compute_flow_store, import_ptlflow
+from videomamba_depth.manifest import VideoEntry
+from videomamba_depth.prepare import PrepareConfig, prepare_video
+from videomamba_depth.synth import SynthConfig, write_synth_video
+from videomamba_depth.teacher import TeacherConfig, run_teacher
+from videomamba_depth.zarrio import open_store
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_inputs(root: Path, num_frames: int) -> tuple[Path, Path]:
+    """Prepared and teacher stores of one synthetic video of ``num_frames`` frames (default geometry)."""
+    synth_cfg = dataclasses.replace(SynthConfig(), videos={"bench": 0}, num_frames=(num_frames, num_frames))
+    video_dir = write_synth_video(root / "synth", synth_cfg, "bench")
+    entry = VideoEntry(video=str(video_dir / "video.mp4"), intrinsics=str(video_dir / "intrinsics.json"),
+                       ground_truth=str(video_dir / "gt.zarr"))
+    decode_video(entry, root / "frames.zarr", DecodeConfig(), name="bench")
+    prepare_video(root / "frames.zarr", root / "prepared.zarr", PrepareConfig(),
+                  ground_truth=entry.ground_truth, name="bench")
+    run_teacher(TeacherConfig(backend="synthetic"), root / "prepared.zarr", root / "teacher.zarr",
+                video="bench")
+    return root / "prepared.zarr", root / "teacher.zarr"
+
+
+def time_backend(backend, frames: np.ndarray, repeats: int) -> float:
+    """Best-of-``repeats`` frames/s of forward + backward flow over all consecutive pairs of ``frames``."""
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.flow(frames[:-1], frames[1:])
+        backend.flow(frames[1:], frames[:-1])
+        best = min(best, time.perf_counter() - start)
+    return (len(frames) - 1) / best
+
+
+def store_bytes(path: Path) -> dict[str, int]:
+    """On-disk bytes of each array of a store, and the total (metadata included)."""
+    def du(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    sizes = {p.name: du(p) for p in path.iterdir() if p.is_dir()}
+    sizes["total"] = du(path)
+    return sizes
+
+
+def run(num_frames: int, repeats: int) -> dict:
+    results: dict = {"threads": {"opencv": cv2.getNumThreads(), "torch": torch.get_num_threads()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared_path, teacher_path = make_inputs(Path(tmp), num_frames)
+        prepared = open_store(prepared_path, "prepared")
+        valid = prepared["valid"][...]
+        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+        frames = prepared["rgb"][...][:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        results["frames"] = {
+            "count": len(frames),
+            "image_size_wh": [int(frames.shape[2]), int(frames.shape[1])],
+            "padded_size_wh": [int(valid.shape[1]), int(valid.shape[0])],
+        }
+        backends: dict = {}
+        for preset in ("ultrafast", "fast", "medium"):
+            backends[f"dis/{preset}"] = {"fps": time_backend(DISBackend(preset), frames, repeats),
+                                         "note": "finest_scale 0 (stage default)"}
+        backends["dis/medium (preset scale)"] = {
+            "fps": time_backend(DISBackend("medium", finest_scale=None), frames, repeats),
+            "note": "finest_scale 1, the preset's own",
+        }
+        try:
+            import_ptlflow()
+        except ImportError as exc:
+            backends["raft"] = {"fps": None, "note": f"ptlflow not importable here ({exc.__cause__})"}
+        else:
+            for model in ("raft_small", "raft"):
+                raft = RAFTBackend(model=model, ckpt=None, iters=12, batch_pairs=4)
+                backends[f"raft/{model}"] = {"fps": time_backend(raft, frames[:5], 1),
+                                             "note": "random weights, 12 iterations, 4 pairs per batch"}
+        results["backends"] = backends
+
+        cfg = FlowConfig()
+        start = time.perf_counter()
+        summary = compute_flow_store(prepared_path, teacher_path, Path(tmp) / "flow.zarr", cfg, video="bench")
+        elapsed = time.perf_counter() - start
+        sizes = store_bytes(Path(tmp) / "flow.zarr")
+        results["stage"] = {
+            "params": cfg.to_dict(),
+            "fps": len(frames) / elapsed,
+            "consistent_fraction_mean": summary["consistent_fraction_mean"],
+            "static_fraction_mean": summary["static_fraction_mean"],
+            "pose": {k: v for k, v in summary["pose"].items() if k != "unknown_pairs"},
+        }
+        results["store_bytes_per_frame"] = {k: v / len(frames) for k, v in sizes.items()}
+    return results
+
+
+def markdown(results: dict) -> str:
+    f = results["frames"]
+    lines = [
+        f"# bench_flow: {f['count']} frames, image {f['image_size_wh'][0]}x{f['image_size_wh'][1]} "
+        f"(padded {f['padded_size_wh'][0]}x{f['padded_size_wh'][1]}), CPU threads {results['threads']}",
+        "",
+        "| what | frames/s | note |",
+        "| --- | ---: | --- |",
+    ]
+    for name, r in results["backends"].items():
+        fps = "n/a" if r["fps"] is None else f"{r['fps']:.1f}"
+        lines.append(f"| backend {name} (fwd + bwd) | {fps} | {r.get('note', '')} |")
+    lines.append(f"| flow stage (default params, DIS medium) | {results['stage']['fps']:.1f} | "
+                 "flow, consistency, PnP pose, static mask, write |")
+    lines += ["", "| store array | bytes/frame |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:,.0f} |" for k, v in results["store_bytes_per_frame"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=24, help="frames of the synthetic video")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats per DIS preset (best is kept)")
+    args = parser.parse_args(argv)
+    results = run(args.frames, args.repeats)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_flow.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (RESULTS / "bench_flow.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
