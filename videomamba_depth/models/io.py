@@ -1,0 +1,81 @@
+"""Saving and loading trained students as self-describing ``.safetensors`` files.
+
+The file holds the weights and, in the safetensors metadata, the ``ModelConfig`` as JSON, so
+``load_student(path)`` rebuilds the exact architecture without any other file. (Resumable training state —
+optimizer, scheduler, step, RNG — is the training loop's checkpoint, not this file.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from videomamba_depth.models.student import ModelConfig, VideoMambaDepth, build_student
+
+FORMAT = "videomamba_depth.student"
+FORMAT_VERSION = "1"
+
+
+def unwrap_student(model: nn.Module) -> VideoMambaDepth:
+    """The ``VideoMambaDepth`` inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers.
+
+    Saving the unwrapped model is what strips the wrappers' ``module.`` / ``_orig_mod.`` key prefixes.
+    """
+    while not isinstance(model, VideoMambaDepth):
+        inner = model._modules.get("module") or model._modules.get("_orig_mod")
+        if inner is None:
+            raise TypeError(
+                f"expected a VideoMambaDepth (possibly DDP- or compile-wrapped), got {type(model)}"
+            )
+        model = inner
+    return model
+
+
+def save_student(path: str | Path, model: nn.Module) -> None:
+    """Write the model's weights and config to ``path`` (``.safetensors``)."""
+    student = unwrap_student(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": json.dumps(student.config.to_dict(), sort_keys=True),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_student(
+    path: str | Path, map_location: torch.device | str = "cpu", overrides: Mapping[str, Any] | None = None
+) -> VideoMambaDepth:
+    """Rebuild a saved student (in eval mode) on ``map_location``.
+
+    ``overrides`` replaces config fields that do not change the weights, e.g. ``{"ssm_backend": "torch"}`` to
+    run a model trained with the CUDA kernels on a CPU. No pretrained weights are fetched: the file has them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: student model file not found")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT or "model_config" not in metadata:
+            raise ValueError(
+                f"{path}: not a VideoMambaDepth student file (metadata format "
+                f"{metadata.get('format')!r}, expected {FORMAT!r})"
+            )
+        if metadata.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: student file format version {metadata.get('format_version')!r}, this code "
+                f"reads version {FORMAT_VERSION}"
+            )
+        state = {key: f.get_tensor(key) for key in f.keys()}
+    values = {**json.loads(metadata["model_config"]), **(overrides or {})}
+    config = ModelConfig.from_dict(values, where=f"{path} model_config")
+    model = build_student(config, pretrained=False)
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()

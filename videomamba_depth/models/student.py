@@ -1,0 +1,379 @@
+"""The streaming student: per-frame encoder -> camera conditioning -> temporal SSM (coarse scales) -> decoder.
+
+Data flow for a clip ``rgb (B, N, 3, H, W)``, ``K (B, N, 3, 3)``:
+
+1. every frame, independently: normalise, pad to the encoder's multiple (``Encoder`` docstring), encode to
+   scales ``s4, s8, s16, s32`` (strides 4-32), FiLM each scale by its viewing rays (``rays.RayFiLM``);
+2. at the temporal scales (default ``s16``, ``s32``): ``TemporalFeatureMixer`` (``SpatialPreMix`` -> one token
+   per position -> ``TemporalMambaScale`` along time -> back), the only place frames interact, causally;
+3. every frame, independently: DPT-style fusion and head (``decoder.DepthDecoder``) -> canonical log depth
+   at stride 2 -> bilinear to the padded size -> crop to ``H x W`` -> ``+ log(f / f_c)`` (canonical focal
+   scaling, ``rays`` docstring) -> clamp to ``DEPTH_RANGE`` -> exp: metric z-depth in metres.
+
+Because steps 1 and 3 are per frame and the temporal blocks are causal SSMs with carried states, ``forward``
+on a whole clip, ``forward`` on consecutive pieces with the returned states, and ``step`` frame by frame give
+the same depths (fp32, up to float rounding; ``tests/test_models.py``). Only per-frame normalisation is used
+(GroupNorm, LayerNorm), so this also holds in train mode and for any batch composition.
+
+A fresh model is a per-frame model: the temporal blocks' output projections and ``SpatialPreMix`` are
+zero-initialised (the SSM core makes a fresh mixer exactly the identity), and so are the ray FiLMs and the
+depth head's last conv, so it predicts ``init_depth * f / f_c`` everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from videomamba_depth.config import StageConfig
+from videomamba_depth.models.checkpoint import load_external_checkpoint
+from videomamba_depth.models.decoder import DepthDecoder
+from videomamba_depth.models.encoders import ENCODERS, SCALES, CnnEncoder, TimmEncoder
+from videomamba_depth.models.rays import RayFiLM, canonical_log_scale, ray_features
+from videomamba_depth.models.states import StudentStates
+from videomamba_depth.ssm import ScaleState, TemporalFeatureMixer, TemporalMambaScale
+
+# Output depth range in metres (the final log depth is clamped to its logs before exp). Far outside any
+# depth the teacher reports (0.01-1000 m), so the clamp never bends training targets; it keeps exp finite
+# and the log losses defined if the network ever diverges.
+DEPTH_RANGE = (1e-3, 1e4)
+
+# Parameters never weight-decayed besides biases and norm weights (all 1-D): the SSM's decay rates, skip
+# and step-size biases (as in mamba_ssm's `_no_weight_decay`), and ViT token/position embeddings.
+NO_DECAY_NAMES = frozenset({"A_log", "D", "dt_bias", "pos_embed", "cls_token", "reg_token", "mask_token"})
+
+
+@dataclass(frozen=True)
+class ModelConfig(StageConfig):
+    """Architecture of the student (params ``train.model.*``); stored with every saved model.
+
+    Encoder:
+        encoder: ``cnn`` (compact CNN from scratch) or ``timm`` (a timm backbone; needs ``timm``).
+        widths: encoder channels at strides 4, 8, 16, 32 (the timm adapters map to these too).
+        cnn_blocks: residual blocks per scale of the CNN encoder.
+        timm_name: timm model name (e.g. ``vit_small_patch14_dinov2.lvd142m``, ``convnext_atto.d2_in1k``).
+        timm_out_indices: the 4 timm feature indices used, finest first (ViT-S: blocks 2, 5, 8, 11).
+        timm_pretrained: load the timm model's pretrained weights (hub download, or ``timm_pretrained_file``).
+        timm_pretrained_file: local weights file in timm's format instead of the hub download.
+        timm_dynamic_img_size: ViTs: interpolate position embeddings to any input size (false for CNNs).
+        encoder_checkpoint: a third-party checkpoint (.safetensors or torch file) loaded into the encoder
+            after it is built, keys remapped by ``encoder_prefix_map``; missing/unexpected keys are reported.
+        encoder_prefix_map: ``[from, to]`` key-prefix pairs for ``encoder_checkpoint`` (e.g. Depth Anything's
+            ``pretrained.`` -> ``backbone.``).
+        freeze_encoder: no gradients to the encoder backbone (and it stays in eval mode).
+    Camera:
+        canonical_focal: f_c in pixels: the network predicts depth as if the focal were f_c, the output is
+            multiplied by f / f_c. About the median focal of the training frames (synthetic set at 224 px
+            width: 112-270 px), so canonical depths are close to metric ones.
+        ray_hidden: hidden width of the ray-embedding MLP.
+    Temporal SSM (see ``videomamba_depth.ssm.TemporalMambaScale``):
+        temporal_scales: scales with temporal mixing (subset of s4, s8, s16, s32; empty = per-frame model).
+        temporal_blocks: Mamba blocks per temporal scale (same order).
+        d_state, d_conv, expand, headdim, ffn_mult: Mamba block sizes; ``expand * width`` must be a multiple
+            of ``headdim`` at every temporal scale.
+        ssm_backend: ``torch`` (pure PyTorch, any device) or ``cuda`` (mamba-ssm kernels).
+        ssm_chunk_size: scan chunk length, null = the backend's default (speed only, same results).
+    Decoder:
+        decoder_widths: fusion widths at strides 4, 8, 16, 32.
+        head_width: channels of the head's stride-2 layer.
+        init_depth: depth in metres (at the canonical focal) predicted by a fresh model.
+    """
+
+    encoder: Literal["cnn", "timm"] = "cnn"
+    widths: tuple[int, ...] = (32, 64, 96, 128)
+    cnn_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    timm_name: str = "vit_small_patch14_dinov2.lvd142m"
+    timm_out_indices: tuple[int, ...] = (2, 5, 8, 11)
+    timm_pretrained: bool = True
+    timm_pretrained_file: str | None = None
+    timm_dynamic_img_size: bool = True
+    encoder_checkpoint: str | None = None
+    encoder_prefix_map: tuple[tuple[str, str], ...] = (("pretrained.", "backbone."),)
+    freeze_encoder: bool = False
+    canonical_focal: float = 170.0
+    ray_hidden: int = 16
+    temporal_scales: tuple[str, ...] = ("s16", "s32")
+    temporal_blocks: tuple[int, ...] = (1, 2)
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 32
+    ffn_mult: int = 2
+    ssm_backend: Literal["torch", "cuda"] = "torch"
+    ssm_chunk_size: int | None = None
+    decoder_widths: tuple[int, ...] = (32, 48, 64, 96)
+    head_width: int = 16
+    init_depth: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "cnn_blocks", "decoder_widths"):
+            value = getattr(self, name)
+            if len(value) != len(SCALES):
+                raise ValueError(f"{name} needs one value per scale {list(SCALES)}, got {list(value)}")
+        if min(self.widths) < 1 or min(self.decoder_widths) < 1 or self.head_width < 1 or self.ray_hidden < 1:
+            raise ValueError("widths, decoder_widths, head_width and ray_hidden must be >= 1")
+        if min(self.cnn_blocks) < 0:
+            raise ValueError(f"cnn_blocks must be >= 0, got {list(self.cnn_blocks)}")
+        unknown = sorted(set(self.temporal_scales) - set(SCALES))
+        if unknown or len(set(self.temporal_scales)) != len(self.temporal_scales):
+            raise ValueError(
+                f"temporal_scales must be distinct names from {list(SCALES)}, got "
+                f"{list(self.temporal_scales)}"
+            )
+        if len(self.temporal_blocks) != len(self.temporal_scales) or min(self.temporal_blocks, default=1) < 1:
+            raise ValueError(
+                f"temporal_blocks needs one value >= 1 per temporal scale, got "
+                f"{list(self.temporal_blocks)} for {list(self.temporal_scales)}"
+            )
+        for name in self.temporal_scales:
+            width = self.widths[SCALES.index(name)]
+            if (self.expand * width) % self.headdim:
+                raise ValueError(
+                    f"scale {name}: expand * width = {self.expand * width} is not a multiple of "
+                    f"headdim = {self.headdim}"
+                )
+        if not (math.isfinite(self.canonical_focal) and self.canonical_focal > 0):
+            raise ValueError(
+                f"canonical_focal must be a positive number of pixels, got {self.canonical_focal}"
+            )
+        if not DEPTH_RANGE[0] < self.init_depth < DEPTH_RANGE[1]:
+            raise ValueError(f"init_depth must be inside {DEPTH_RANGE} m, got {self.init_depth}")
+        if self.ssm_chunk_size is not None and self.ssm_chunk_size < 1:
+            raise ValueError(f"ssm_chunk_size must be >= 1 or null, got {self.ssm_chunk_size}")
+
+
+class StudentOutput(NamedTuple):
+    """Result of :meth:`VideoMambaDepth.forward`.
+
+    Attributes:
+        depth: ``(B, N, H, W)`` metric z-depth in metres, > 0 (fp32).
+        states: states after the last frame, to continue the streams.
+        summaries: temporal scale name -> ``(B, N, C, h, w)`` per-frame state summaries ``s_t``: the temporal
+            blocks' output features (the readout of the SSM state), for the state-smoothing loss.
+    """
+
+    depth: Tensor
+    states: StudentStates
+    summaries: dict[str, Tensor]
+
+
+class VideoMambaDepth(nn.Module):
+    """The student (module docstring). Build it with :func:`build_student`.
+
+    Args:
+        config: the architecture.
+        encoder: the per-frame encoder (``ENCODERS[config.encoder]``).
+    """
+
+    def __init__(self, config: ModelConfig, encoder: CnnEncoder | TimmEncoder) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.rays = nn.ModuleDict(
+            {name: RayFiLM(c, config.ray_hidden) for name, c in encoder.channels.items()}
+        )
+        self.temporal = nn.ModuleDict(
+            {
+                name: TemporalFeatureMixer(
+                    TemporalMambaScale(
+                        encoder.channels[name],
+                        num_blocks=num_blocks,
+                        ffn_mult=config.ffn_mult,
+                        d_state=config.d_state,
+                        d_conv=config.d_conv,
+                        expand=config.expand,
+                        headdim=config.headdim,
+                        chunk_size=config.ssm_chunk_size,
+                        backend=config.ssm_backend,
+                    )
+                )
+                for name, num_blocks in zip(config.temporal_scales, config.temporal_blocks, strict=True)
+            }
+        )
+        self.decoder = DepthDecoder(
+            encoder.channels, config.decoder_widths, config.head_width, math.log(config.init_depth)
+        )
+        if config.freeze_encoder:
+            self.encoder.backbone.requires_grad_(False)
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """What runs the model, to record with its outputs: encoder variant and SSM scan backend."""
+        encoder = self.config.encoder if self.config.encoder == "cnn" else f"timm:{self.config.timm_name}"
+        return {"encoder": encoder, "ssm": self.config.ssm_backend}
+
+    def train(self, mode: bool = True) -> VideoMambaDepth:
+        """Train/eval mode; a frozen encoder backbone always stays in eval mode (no dropout, fixed norms)."""
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.backbone.eval()
+        return self
+
+    def init_states(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StudentStates:
+        """Zero states (what ``states=None`` means) for ``batch`` streams of ``height x width`` frames.
+
+        Token counts come from the padded feature sizes (``Encoder.feature_sizes``); ``dtype`` is the SSM
+        conv windows' (the SSM states are fp32 whatever it is).
+        """
+        sizes = self.encoder.feature_sizes(height, width)
+        return StudentStates(
+            batch=batch,
+            names=tuple(self.temporal),
+            sizes=tuple(sizes[name] for name in self.temporal),
+            scales=tuple(
+                mixer.init_state(batch, *sizes[name], device=device, dtype=dtype)
+                for name, mixer in self.temporal.items()
+            ),
+        )
+
+    def forward(self, rgb: Tensor, K: Tensor, states: StudentStates | None = None) -> StudentOutput:
+        """Depth of a clip, continuing from ``states`` (None: the streams start here).
+
+        Args:
+            rgb: ``(B, N, 3, H, W)`` uint8 (0-255) or float in [0, 1]; any H, W.
+            K: ``(B, N, 3, 3)`` intrinsics in pixels of these H x W frames.
+            states: from :meth:`init_states` or a previous call, for the same B, H, W.
+
+        Returns:
+            :class:`StudentOutput` ``(depth (B, N, H, W), states, summaries)``.
+        """
+        if rgb.ndim != 5 or rgb.shape[2] != 3 or tuple(K.shape) != (*rgb.shape[:2], 3, 3):
+            raise ValueError(
+                f"expected rgb (B, N, 3, H, W) and K (B, N, 3, 3), got {tuple(rgb.shape)} and "
+                f"{tuple(K.shape)}"
+            )
+        batch, _, _, height, width = rgb.shape
+        Ks = rearrange(K, "b n i j -> (b n) i j")
+        features = self._frame_features(rearrange(rgb, "b n c h w -> (b n) c h w"), Ks)
+        carried = self._carried_states(states, batch, height, width)
+        new_states: dict[str, ScaleState] = {}
+        summaries: dict[str, Tensor] = {}
+        for name, mixer in self.temporal.items():
+            x = rearrange(features[name], "(b n) c h w -> b n c h w", b=batch)
+            summaries[name], new_states[name] = mixer(x, carried[name])
+            features[name] = rearrange(summaries[name], "b n c h w -> (b n) c h w")
+        depth = rearrange(self._depth(features, Ks, height, width), "(b n) h w -> b n h w", b=batch)
+        return StudentOutput(depth, self._pack(new_states, batch, height, width), summaries)
+
+    def step(self, rgb: Tensor, K: Tensor, states: StudentStates | None) -> tuple[Tensor, StudentStates]:
+        """One frame per stream: ``rgb (B, 3, H, W)``, ``K (B, 3, 3)`` -> depth ``(B, H, W)`` and new states.
+
+        Same result as :meth:`forward` on the clip so far; the cost per frame does not grow with time.
+        """
+        if rgb.ndim != 4 or rgb.shape[1] != 3 or tuple(K.shape) != (rgb.shape[0], 3, 3):
+            raise ValueError(
+                f"expected rgb (B, 3, H, W) and K (B, 3, 3), got {tuple(rgb.shape)} and {tuple(K.shape)}"
+            )
+        batch, _, height, width = rgb.shape
+        features = self._frame_features(rgb, K)
+        carried = self._carried_states(states, batch, height, width)
+        new_states: dict[str, ScaleState] = {}
+        for name, mixer in self.temporal.items():
+            features[name], new_states[name] = mixer.step(features[name], carried[name])
+        return self._depth(features, K, height, width), self._pack(new_states, batch, height, width)
+
+    def parameter_groups(self, lr: float, encoder_lr_factor: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups (``torch.optim.AdamW(model.parameter_groups(...))``).
+
+        The encoder backbone gets ``lr * encoder_lr_factor`` (e.g. 0.1 for a pretrained backbone), the rest
+        (adapters, camera, temporal blocks, decoder) ``lr``. Weight decay only on weight matrices and conv
+        kernels: not on biases, norm weights or ``NO_DECAY_NAMES``. Frozen parameters are left out. Each group
+        has a ``name`` (``backbone``, ``backbone_no_decay``, ``main``, ``main_no_decay``); empty groups are
+        dropped.
+        """
+        if not (lr > 0 and encoder_lr_factor >= 0 and weight_decay >= 0):
+            raise ValueError(
+                f"need lr > 0, encoder_lr_factor >= 0, weight_decay >= 0, got {lr}, "
+                f"{encoder_lr_factor}, {weight_decay}"
+            )
+        backbone = {id(p) for p in self.encoder.backbone.parameters()}
+        groups: dict[str, dict] = {
+            "backbone": {"lr": lr * encoder_lr_factor, "weight_decay": weight_decay},
+            "backbone_no_decay": {"lr": lr * encoder_lr_factor, "weight_decay": 0.0},
+            "main": {"lr": lr, "weight_decay": weight_decay},
+            "main_no_decay": {"lr": lr, "weight_decay": 0.0},
+        }
+        for group in groups.values():
+            group["params"] = []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            decay = param.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
+            key = ("backbone" if id(param) in backbone else "main") + ("" if decay else "_no_decay")
+            groups[key]["params"].append(param)
+        return [{"name": key, **group} for key, group in groups.items() if group["params"]]
+
+    def _frame_features(self, frames: Tensor, K: Tensor) -> dict[str, Tensor]:
+        """Frames ``(F, 3, H, W)``, K ``(F, 3, 3)`` -> camera-conditioned ``{scale: (F, C, h, w)}``."""
+        x = self.encoder.normalize_and_pad(frames)
+        padded = (x.shape[-2], x.shape[-1])
+        features = self.encoder(x)
+        return {
+            name: self.rays[name](f, ray_features(K, (f.shape[-2], f.shape[-1]), padded))
+            for name, f in features.items()
+        }
+
+    def _depth(self, features: dict[str, Tensor], K: Tensor, height: int, width: int) -> Tensor:
+        """Features of ``F`` frames -> metric depth ``(F, H, W)``, fp32."""
+        log_depth = self.decoder(features)  # (F, 1, H_p / 2, W_p / 2), canonical, fp32
+        with torch.autocast(device_type=log_depth.device.type, enabled=False):
+            log_depth = F.interpolate(
+                log_depth, size=self.encoder.padded_size(height, width), mode="bilinear", align_corners=False
+            )[:, 0, :height, :width]  # crop the bottom/right padding
+            log_depth = log_depth + canonical_log_scale(K, self.config.canonical_focal)[:, None, None]
+            return log_depth.clamp(math.log(DEPTH_RANGE[0]), math.log(DEPTH_RANGE[1])).exp()
+
+    def _carried_states(
+        self, states: StudentStates | None, batch: int, height: int, width: int
+    ) -> dict[str, ScaleState | None]:
+        """Per temporal scale state from ``states`` (None: zero), after checking it fits this input."""
+        if states is None:
+            return dict.fromkeys(self.temporal)
+        expected = {
+            name: size
+            for name, size in self.encoder.feature_sizes(height, width).items()
+            if name in self.temporal
+        }
+        if states.batch != batch or states.geometry() != expected:
+            raise ValueError(
+                f"states are for batch {states.batch} and feature sizes {states.geometry()}, but this input "
+                f"(batch {batch}, {height}x{width} frames) needs {expected}: start the streams with "
+                f"states=None or init_states({batch}, {height}, {width})"
+            )
+        return dict(states.items())
+
+    def _pack(self, states: dict[str, ScaleState], batch: int, height: int, width: int) -> StudentStates:
+        sizes = self.encoder.feature_sizes(height, width)
+        return StudentStates(
+            batch=batch,
+            names=tuple(states),
+            sizes=tuple(sizes[name] for name in states),
+            scales=tuple(states.values()),
+        )
+
+
+def build_student(cfg: ModelConfig, *, pretrained: bool = True) -> VideoMambaDepth:
+    """The student described by ``cfg``.
+
+    ``pretrained=False`` builds the architecture only: no hub download, no ``encoder_checkpoint`` read (what
+    ``models.io.load_student`` uses before loading its own weights).
+    """
+    model = VideoMambaDepth(cfg, ENCODERS[cfg.encoder].from_config(cfg, pretrained))
+    if pretrained and cfg.encoder_checkpoint is not None:
+        load_external_checkpoint(
+            model.encoder, cfg.encoder_checkpoint, prefix_map=dict(cfg.encoder_prefix_map)
+        )
+    return model
