@@ -1,0 +1,289 @@
+"""Training: data, step plan, chunked BPTT, schedule, resume, outputs (tiny stores and a tiny student)."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from training_fixtures import TINY_MODEL, write_training_video
+
+from videomamba_depth.config import ConfigError
+from videomamba_depth.models import build_student
+from videomamba_depth.training import (
+    ClipDataset,
+    Item,
+    StepPlan,
+    TrainConfig,
+    collate,
+    find_videos,
+    learning_rate_factor,
+    train,
+)
+from videomamba_depth.training import checkpoint as checkpoint_module
+from videomamba_depth.training.distributed import Distributed
+from videomamba_depth.training.loop import _Trainer
+from videomamba_depth.zarrio import StoreError
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project directory with two tiny training videos (data/...), as the working directory."""
+    write_training_video(tmp_path, "a", frames=12, seed=0)
+    write_training_video(tmp_path, "b", frames=14, seed=1)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def config(**overrides) -> TrainConfig:
+    values = {
+        "videos": ["a", "b"],
+        "val_frames": 4,
+        "clip_len": 4,
+        "clip_stride": 2,
+        "batch_size": 2,
+        "chunk_size": 2,
+        "steps": 6,
+        "warmup_steps": 2,
+        "p_single_frame": 0.0,
+        "val_every": 3,
+        "image_every": 3,
+        "log_every": 2,
+        "checkpoint_every": 3,
+        "device": "cpu",
+        "threads": 1,
+        "model": TINY_MODEL,
+        **overrides,
+    }
+    return TrainConfig.from_dict(values, "train")
+
+
+def test_dataset_items_shapes_pairs_and_no_ground_truth(project):
+    videos = find_videos(["a", "b"], val_frames=4)
+    assert [(v.num_frames, v.train_frames) for v in videos] == [(12, 8), (14, 10)]
+    dataset = ClipDataset(videos)
+    sample = dataset[Item(1, 3, 4)]
+    assert sample["rgb"].shape == (4, 3, 28, 42) and sample["rgb"].dtype == torch.uint8
+    assert sample["K"].shape == (4, 3, 3) and sample["K"].dtype == torch.float32
+    assert sample["depth"].shape == sample["confidence"].shape == sample["valid"].shape == (4, 28, 42)
+    assert sample["static"].shape == sample["consistent"].shape == (3, 28, 42)
+    # The fixture's pair t is static where u >= t % 3: the clip from frame 3 holds pairs 3, 4, 5.
+    for i, pair in enumerate((3, 4, 5)):
+        assert not sample["static"][i, :, : pair % 3].any() and sample["static"][i, :, pair % 3 :].any()
+    batch = collate([dataset[Item(0, 0, 4)], dataset[Item(1, 2, 4)]])
+    assert batch["rgb"].shape == (2, 4, 3, 28, 42) and batch["video"].tolist() == [0, 1]
+    with pytest.raises(IndexError, match="out of range"):
+        dataset[Item(0, 10, 4)]
+
+
+def test_missing_or_mismatched_stores_are_named(project):
+    with pytest.raises(StoreError, match=r"data/flow/c\.zarr: no such store"):
+        write_training_video(project, "c")
+        (project / "data" / "flow" / "c.zarr").rename(project / "gone")
+        find_videos(["c"], 0)
+    with pytest.raises(StoreError, match="leave none for training"):
+        find_videos(["a"], val_frames=12)
+
+
+def test_forked_workers_open_their_own_stores(project):
+    dataset = ClipDataset(find_videos(["a", "b"], 4))
+    dataset[Item(0, 0, 2)]  # the parent has open stores before forking
+    plan = StepPlan(
+        dataset.videos, clip_len=4, clip_stride=2, batch_size=2, p_single_frame=0.3, seed=3, steps=6
+    )
+    serial = list(DataLoader(dataset, batch_sampler=plan, collate_fn=collate))
+    forked = list(
+        DataLoader(
+            dataset, batch_sampler=plan, collate_fn=collate, num_workers=2, multiprocessing_context="fork"
+        )
+    )
+    assert len(serial) == len(forked) == 6
+    for x, y in zip(serial, forked, strict=True):
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+
+
+def test_step_plan_is_deterministic_resumable_and_sharded(project):
+    videos = find_videos(["a", "b"], 4)
+    kwargs = {
+        "clip_len": 4,
+        "clip_stride": 2,
+        "batch_size": 2,
+        "p_single_frame": 0.25,
+        "seed": 7,
+        "steps": 40,
+    }
+    full = list(StepPlan(videos, **kwargs).batches())
+    assert full == list(StepPlan(videos, **kwargs).batches())
+    assert list(StepPlan(videos, **kwargs, start=17).batches()) == full[17:]
+    assert full != list(StepPlan(videos, **{**kwargs, "seed": 8}).batches())
+    singles = [b for b in full if b.single_frame]
+    assert 0 < len(singles) < len(full)
+    for b in full:
+        lengths = {item.length for item in b.items}
+        assert lengths == ({1} if b.single_frame else {4})
+        assert len(b.items) == (8 if b.single_frame else 2)
+        for item in b.items:
+            assert item.start + item.length <= videos[item.video].train_frames  # never validation frames
+    # Two ranks with batch 1 see exactly the clips of one rank with batch 2, split between them.
+    ranks = [
+        list(StepPlan(videos, **{**kwargs, "batch_size": 1}, rank=r, world_size=2).batches()) for r in (0, 1)
+    ]
+    for whole, r0, r1 in zip(full, *ranks, strict=True):
+        if not whole.single_frame:
+            assert sorted(r0.items + r1.items, key=repr) == sorted(whole.items, key=repr)
+
+
+def test_step_plan_keeps_frame_sizes_apart(project):
+    write_training_video(project, "wide", frames=12, height=28, width=56, seed=2)
+    videos = find_videos(["a", "b", "wide"], 2)
+    plan = StepPlan(videos, clip_len=4, clip_stride=2, batch_size=2, p_single_frame=0.5, seed=0, steps=30)
+    for batch in plan.batches():
+        assert len({(videos[i.video].height, videos[i.video].width) for i in batch.items}) == 1
+
+
+def test_learning_rate_schedule():
+    cfg = replace(config(), steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate_factor(0, cfg) == pytest.approx(0.1)
+    assert learning_rate_factor(9, cfg) == pytest.approx(1.0)
+    assert learning_rate_factor(10, cfg) == pytest.approx(1.0)
+    assert learning_rate_factor(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert learning_rate_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_config_rejects_unknown_and_inconsistent_keys():
+    with pytest.raises(ConfigError, match=r"train\.model: unknown key\(s\) \['widht'\]"):
+        TrainConfig.from_dict({"videos": ["a"], "model": {"widht": 3}}, "train")
+    with pytest.raises(ConfigError, match=r"train\.loss: unknown key\(s\) \['tgmm'\]"):
+        TrainConfig.from_dict({"videos": ["a"], "loss": {"tgmm": 1.0}}, "train")
+    with pytest.raises(ConfigError, match="chunk_size"):
+        TrainConfig.from_dict({"videos": ["a"], "clip_len": 4, "chunk_size": 8}, "train")
+    assert config().single_frame_loss().weights().keys() <= {"metric_l1", "ssi"}
+
+
+def _reference_gradients(cfg, batch, *, detach: bool) -> dict[str, torch.Tensor]:
+    """Gradients of the chunked clip loss computed by hand, with or without truncating between chunks."""
+    from videomamba_depth.losses import DistillationLoss
+
+    torch.manual_seed(cfg.seed)
+    model = build_student(cfg.model).train()
+    _randomise(model)
+    loss_fn, states, n = DistillationLoss(cfg.loss), None, batch["rgb"].shape[1]
+    for start in range(0, n, cfg.chunk_size):
+        f, p = slice(start, start + cfg.chunk_size), slice(start, start + cfg.chunk_size - 1)
+        out = model(batch["rgb"][:, f], batch["K"][:, f], states)
+        total, _ = loss_fn(
+            out.depth,
+            batch["depth"][:, f],
+            batch["valid"][:, f],
+            confidence=batch["confidence"][:, f],
+            consistent=batch["consistent"][:, p],
+            static=batch["static"][:, p],
+            states=out.summaries,
+        )
+        (total * cfg.chunk_size / n).backward(retain_graph=not detach)
+        states = out.states.detach() if detach else out.states
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _randomise(model):
+    with torch.no_grad():  # zero-initialised temporal projections would make every chunking equivalent
+        for p in model.parameters():
+            if p.ndim >= 2 and p.abs().max() == 0:
+                p.normal_(0.0, 0.1)
+
+
+def test_train_step_truncates_backprop_between_chunks(project):
+    cfg = config(clip_len=4, chunk_size=2, grad_clip=0.0)
+    trainer = _Trainer(cfg, project / "out", Distributed(0, 1, torch.device("cpu")))
+    torch.manual_seed(cfg.seed)
+    trainer.model = build_student(cfg.model)
+    _randomise(trainer.model)
+    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.0)
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+    dataset = ClipDataset(find_videos(["a", "b"], 4))
+    batch = collate([dataset[Item(0, 0, 4)], dataset[Item(1, 3, 4)]])
+    trainer._train_step(trainer.model, batch)
+    got = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
+    truncated = _reference_gradients(cfg, batch, detach=True)
+    full = _reference_gradients(cfg, batch, detach=False)
+    assert got.keys() == truncated.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], truncated[name], rtol=1e-5, atol=1e-7)
+    # The truncation is real: full backprop through the carried states gives other temporal gradients.
+    temporal = [n for n in got if n.startswith("temporal") and "in_proj" in n]
+    assert temporal and any(not torch.allclose(truncated[n], full[n], rtol=1e-4, atol=1e-8) for n in temporal)
+
+
+def test_train_writes_outputs_and_logs(project):
+    result = train(config(p_single_frame=0.5))
+    out = project / "data" / "train"
+    assert result.final.resolve() == out / "model_final.safetensors" and result.final.is_file()
+    assert (out / "model_best.safetensors").is_file() and math.isfinite(result.best_metric)
+    assert json.loads((out / "config.json").read_text())["model"]["widths"] == [8, 8, 8, 8]
+    summary = json.loads((out / "dvclive" / "metrics.json").read_text())
+    assert summary["step"] == 6 and "log_l1" in summary["val"] and "total" in summary["train"]
+    assert (out / "dvclive" / "plots" / "metrics" / "train" / "metric_l1.tsv").is_file()
+    assert sorted(
+        p.name for p in (out / "dvclive" / "plots" / "images" / "rgb_teacher_student").iterdir()
+    ) == [
+        "000003.png",
+        "000006.png",
+    ]
+    final = load_file(result.final)
+    assert all(torch.isfinite(t).all() for t in final.values())
+
+
+def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypatch):
+    cfg = config(steps=8, checkpoint_every=3, p_single_frame=0.3)
+    uninterrupted = load_file(train(cfg, out_dir=project / "full").final)
+
+    real_save = checkpoint_module.save_state
+
+    def save_then_crash(directory, state):
+        real_save(directory, state)
+        if state["step"] == 3:
+            raise KeyboardInterrupt("killed right after the step-3 checkpoint")
+
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out_dir=project / "resumed")
+    assert not (project / "resumed" / "model_final.safetensors").exists()
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
+    resumed = load_file(train(cfg, out_dir=project / "resumed").final)
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+    steps = np.loadtxt(
+        project / "resumed" / "dvclive" / "plots" / "metrics" / "train" / "total.tsv", skiprows=1, usecols=0
+    )
+    assert list(steps) == [2, 4, 6, 8]  # the log continues where the crashed run left it
+
+
+def test_changed_params_start_fresh_instead_of_resuming(project, capsys):
+    train(config(steps=3, val_every=3))
+    train(config(steps=3, val_every=3, lr=5e-4))
+    assert "saved by a run with other params: starting fresh" in capsys.readouterr().err
+    train(config(steps=3, val_every=3, lr=5e-4, num_workers=1))  # loader workers change nothing computed
+    assert "resuming from" in capsys.readouterr().err
+
+
+def test_flip_augmentation_mirrors_frames_and_intrinsics(project):
+    from videomamba_depth.camera import backproject
+    from videomamba_depth.training.data import flip_K
+
+    dataset = ClipDataset(find_videos(["a"], 4))
+    plain, flipped = dataset[Item(0, 2, 3)], dataset[Item(0, 2, 3, flip=True)]
+    for key in ("rgb", "depth", "valid", "static", "consistent"):
+        assert torch.equal(flipped[key], plain[key].flip(-1)), key
+    K = plain["K"][0].double().numpy()
+    K[0, 1] = 0.7  # a skewed camera exercises the skew term too
+    depth = plain["depth"][0].double().numpy()
+    points = backproject(depth, K)
+    mirrored = backproject(depth[:, ::-1], flip_K(K, depth.shape[1]))
+    np.testing.assert_allclose(mirrored[:, ::-1] * [-1, 1, 1], points, atol=1e-9)
+    dim = dataset[Item(0, 2, 3, gain=0.8, gamma=1.2)]["rgb"].float().mean()
+    assert dim < plain["rgb"].float().mean()

@@ -1,0 +1,360 @@
+"""The training loop: chunked BPTT over clips, AdamW with warm-up + cosine, DVCLive, resumable checkpoints.
+
+Outputs (``out_dir``, default ``data/train``):
+
+- ``model_final.safetensors``: weights after the last step; ``model_best.safetensors``: weights at the
+  validation with the lowest teacher log-L1 on the held-out tail frames of the training videos.
+- ``config.json``: the resolved train config.
+- ``state/state.pt``: resumable state (DVC keeps it between runs: ``persist: true``).
+- ``dvclive/``: metrics.json (summary), plots/metrics/*.tsv (curves), plots/images/*.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from videomamba_depth.losses import DistillationLoss
+from videomamba_depth.models import VideoMambaDepth, build_student, save_student
+from videomamba_depth.training.checkpoint import load_state, save_state
+from videomamba_depth.training.config import TrainConfig
+from videomamba_depth.training.data import ClipDataset, Item, StepPlan, collate, find_videos
+from videomamba_depth.training.distributed import Distributed, setup, teardown
+from videomamba_depth.viz import colorize, robust_range
+
+OUT_DIR = Path("data/train")
+BEST_METRIC = "val/log_l1"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the run left its weights, and its last and best validation metrics."""
+
+    final: Path
+    best: Path
+    steps: int
+    best_metric: float
+    last_validation: dict[str, float]
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rates at ``step``: linear warm-up, then cosine to ``min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def train(config: TrainConfig, out_dir: Path = OUT_DIR) -> TrainResult:
+    """Train the student on ``config.videos``; see the module docstring for what is written."""
+    context = setup(config.device)
+    try:
+        return _Trainer(config, Path(out_dir), context).run()
+    finally:
+        teardown(context)
+
+
+def _cpu_threads(world_size: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // world_size)
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, out_dir: Path, context: Distributed) -> None:
+        self.config, self.out_dir, self.ctx = config, out_dir, context
+        torch.set_num_threads(config.threads or _cpu_threads(context.world_size))
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
+        torch.manual_seed(config.seed)
+        self.videos = find_videos(config.videos, config.val_frames)
+        self.dataset = ClipDataset(self.videos)
+        self.model: VideoMambaDepth = build_student(config.model).to(context.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: learning_rate_factor(step, config)
+        )
+        # fp16 is not used (bf16 needs no loss scaling); the scaler is kept so checkpoints have one schema.
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
+        self.clip_loss = DistillationLoss(config.loss)
+        self.frame_loss = DistillationLoss(config.single_frame_loss())
+        use_bf16 = config.precision == "bf16" or (
+            config.precision == "auto" and context.device.type == "cuda"
+        )
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.step, self.best_metric = 0, math.inf
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        cfg, ctx = self.config, self.ctx
+        self._maybe_resume()
+        # After resuming: the rank's own RNG stream (seed + rank) for anything not shared between ranks.
+        if self.step == 0:
+            torch.manual_seed(cfg.seed + ctx.rank)
+        net: nn.Module = self.model
+        if ctx.world_size > 1:
+            net = DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
+        plan = StepPlan(
+            self.videos,
+            clip_len=cfg.clip_len,
+            clip_stride=cfg.clip_stride,
+            batch_size=cfg.batch_size,
+            p_single_frame=cfg.p_single_frame,
+            seed=cfg.seed,
+            steps=cfg.steps,
+            hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter,
+            start=self.step,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=plan,
+            num_workers=cfg.num_workers,
+            collate_fn=collate,
+            multiprocessing_context="fork" if cfg.num_workers and sys.platform != "win32" else None,
+        )
+        live = self._live()
+        last_validation: dict[str, float] = {}
+        running: dict[str, list[float]] = defaultdict(list)
+        progress = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not ctx.is_main,
+            file=sys.stderr,
+        )
+        for batch in loader:
+            terms = self._train_step(net, batch)
+            self.step += 1
+            for name, value in terms.items():
+                running[name].append(value)
+            progress.update(1)
+            progress.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[-1]:.2e}")
+            last = self.step == cfg.steps
+            if ctx.is_main and (self.step % cfg.log_every == 0 or last):
+                self._log_train(live, running)
+                running.clear()
+            if ctx.is_main and (self.step % cfg.val_every == 0 or last):
+                last_validation = self._validate(live)
+            if ctx.is_main and cfg.image_every and (self.step % cfg.image_every == 0 or last):
+                self._log_images(live)
+            if ctx.is_main and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
+                self._save_state()
+        progress.close()
+        self._check_replicas_in_sync()
+        if ctx.is_main:
+            self._write_outputs(live)
+        ctx.barrier()
+        return TrainResult(
+            self.out_dir / "model_final.safetensors",
+            self.out_dir / "model_best.safetensors",
+            self.step,
+            self.best_metric,
+            last_validation,
+        )
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def _train_step(self, net: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One optimizer step on a batch of clips (chunked BPTT) or single frames; returns the mean terms."""
+        cfg, device = self.config, self.ctx.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        num_frames = batch["rgb"].shape[1]
+        loss_fn = self.clip_loss if num_frames > 1 else self.frame_loss
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        states = None
+        sums: dict[str, float] = defaultdict(float)
+        starts = list(range(0, num_frames, cfg.chunk_size))
+        for index, start in enumerate(starts):
+            stop = min(start + cfg.chunk_size, num_frames)
+            frames, pairs = slice(start, stop), slice(start, stop - 1)
+            # Gradients of all chunks accumulate into one optimizer step; DDP averages them across ranks only
+            # on the last chunk's backward (no_sync must cover the forward, where DDP decides).
+            sync = index == len(starts) - 1 or not isinstance(net, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else net.no_sync():
+                with self._autocast():
+                    out = net(batch["rgb"][:, frames], batch["K"][:, frames], states)
+                # Pairs that straddle two chunks are in neither chunk's temporal terms (the first frame's
+                # prediction is detached): with chunk_size 4 of clip_len 8, 1 of 7 pairs.
+                total, terms = loss_fn(
+                    out.depth,
+                    batch["depth"][:, frames],
+                    batch["valid"][:, frames],
+                    confidence=batch["confidence"][:, frames],
+                    consistent=batch["consistent"][:, pairs],
+                    static=batch["static"][:, pairs],
+                    states=out.summaries,
+                )
+                weight = (stop - start) / num_frames  # chunk losses add up to the clip mean
+                (total * weight).backward()
+            states = out.states.detach()  # truncated BPTT: no gradient into earlier chunks
+            for name, value in terms.items():
+                sums[name] += weight * float(value)
+        if cfg.grad_clip > 0:
+            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        return dict(sums)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        # The SSM keeps its fp32 islands (decays, scan) inside autocast; the losses run in fp32 too.
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def _val_items(self) -> list[Item]:
+        cfg = self.config
+        return [
+            Item(i, v.train_frames, cfg.val_frames) for i, v in enumerate(self.videos) if cfg.val_frames > 1
+        ]
+
+    @torch.inference_mode()
+    def _predict(self, item: Item) -> tuple[dict[str, Tensor], Tensor]:
+        sample = {k: v[None].to(self.ctx.device) for k, v in self.dataset[item].items()}
+        self.model.eval()
+        with self._autocast():
+            depth = self.model(sample["rgb"], sample["K"]).depth.float()
+        return sample, depth
+
+    def _validate(self, live: object) -> dict[str, float]:
+        """Student vs teacher on the held-out tail of every training video (no ground truth is read).
+
+        ``val/log_l1``: mean ``|log d - log d_teacher|`` over valid pixels. ``val/flicker_ratio``: mean
+        frame-to-frame ``|Δ log d|`` of the student over static, consistent pixels divided by the teacher's
+        (below 1: the student is steadier than its teacher).
+        """
+        items = self._val_items()
+        if not items:
+            return {}
+        log_l1, student_change, teacher_change = [], [], []
+        for item in items:
+            sample, depth = self._predict(item)
+            valid = sample["valid"]
+            log_pred, log_teacher = depth.clamp_min(1e-3).log(), sample["depth"].clamp_min(1e-3).log()
+            log_l1.append(float((log_pred - log_teacher).abs()[valid].mean()))
+            steady = sample["static"] & sample["consistent"] & valid[:, 1:] & valid[:, :-1]
+            if steady.any():
+                student_change.append(float((log_pred[:, 1:] - log_pred[:, :-1]).abs()[steady].mean()))
+                teacher_change.append(float((log_teacher[:, 1:] - log_teacher[:, :-1]).abs()[steady].mean()))
+        metrics = {BEST_METRIC: float(np.mean(log_l1))}
+        if teacher_change:
+            metrics["val/flicker_ratio"] = float(
+                np.mean(student_change) / max(np.mean(teacher_change), 1e-12)
+            )
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+        if metrics[BEST_METRIC] < self.best_metric:
+            self.best_metric = metrics[BEST_METRIC]
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_student(self.out_dir / "model_best.safetensors", self.model)
+        live.make_summary()
+        return metrics
+
+    def _log_images(self, live: object) -> None:
+        """rgb | teacher | student for the middle validation frame of the first training video."""
+        items = self._val_items() or [Item(0, 0, 1)]
+        sample, depth = self._predict(items[0])
+        t = sample["rgb"].shape[1] // 2
+        teacher, valid = sample["depth"][0, t].cpu().numpy(), sample["valid"][0, t].cpu().numpy()
+        vmin, vmax = robust_range(teacher, valid)
+        strip = np.concatenate(
+            [
+                sample["rgb"][0, t].permute(1, 2, 0).cpu().numpy(),
+                colorize(teacher, vmin, vmax, valid=valid),
+                colorize(depth[0, t].cpu().numpy(), vmin, vmax),
+            ],
+            axis=1,
+        )
+        live.log_image(f"rgb_teacher_student/{self.step:06d}.png", strip)
+
+    def _log_train(self, live: object, running: dict[str, list[float]]) -> None:
+        live.step = self.step
+        for name, values in running.items():
+            live.log_metric(f"train/{name}", float(np.mean(values)))
+        live.log_metric("train/lr", self.scheduler.get_last_lr()[-1])
+
+    # --------------------------------------------------------------------------------- state and outputs
+    def _live(self) -> object:
+        if not self.ctx.is_main:
+            return None
+        from dvclive import Live
+
+        # DVCLive only writes files here; dvc.yaml declares them (it must not rewrite dvc.yaml itself).
+        live = Live(
+            dir=str(self.out_dir / "dvclive"), resume=self.step > 0, save_dvc_exp=False, dvcyaml=False
+        )
+        live.step = self.step
+        return live
+
+    def _maybe_resume(self) -> None:
+        cfg = self.config
+        if not cfg.resume:
+            state, message = None, "train.resume is false: starting fresh"
+        else:
+            state, message = load_state(self.out_dir / "state", cfg.run_identity())
+        if self.ctx.is_main:
+            print(message, file=sys.stderr)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
+        # Nothing draws from torch's global RNG after initialisation (no dropout; the data plan has its own
+        # seeded generators); restoring it keeps any future use reproducible across a resume.
+        torch.set_rng_state(state["rng"])
+
+    def _save_state(self) -> None:
+        save_state(
+            self.out_dir / "state",
+            {
+                "step": self.step,
+                "best_metric": self.best_metric,
+                "run_identity": self.config.run_identity(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
+        )
+
+    def _check_replicas_in_sync(self) -> None:
+        """Under DDP every rank must end with the same weights; a mismatch means a broken set-up."""
+        if self.ctx.world_size == 1:
+            return
+        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(self.ctx.world_size)]
+        torch.distributed.all_gather(gathered, checksum.to(self.ctx.device))
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"DDP replicas diverged: parameter checksums {[float(g) for g in gathered]}")
+        if self.ctx.is_main:
+            print(f"DDP: {self.ctx.world_size} replicas hold identical weights", file=sys.stderr)
+
+    def _write_outputs(self, live: object) -> None:
+        save_student(self.out_dir / "model_final.safetensors", self.model)
+        if math.isinf(self.best_metric):  # never validated (val_frames < 2): best = final
+            save_student(self.out_dir / "model_best.safetensors", self.model)
+        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        live.end()
