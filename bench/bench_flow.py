@@ -12,6 +12,12 @@ teacher) in a temporary directory, so frames are the default prepared geometry w
 
 Run: ``python -m bench.bench_flow`` (under a minute on 2 cores). Results go to
 bench/results/bench_flow.{json,md}.
+
+Quality mode, ``python -m bench.bench_flow --quality`` (about 3 min on 2 cores): every default video
+(``synth.videos``) is rendered whole and taken through the real chain with the params.yaml sections (synth,
+decode, prepare, teacher, flow) in a temporary directory, and the flow store is scored against the ground
+truth with :func:`videomamba_depth.flow.quality.flow_quality` (EPE, moving / static IoU, pose errors).
+Results go to bench/results/flow_quality.{json,md}.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +34,10 @@ import cv2
 import numpy as np
 import torch
 
+from videomamba_depth.config import load_params, load_section
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.flow import DISBackend, FlowConfig, RAFTBackend, compute_flow_store, import_ptlflow
+from videomamba_depth.flow.quality import flow_quality
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.prepare import PrepareConfig, prepare_video
 from videomamba_depth.synth import SynthConfig, write_synth_video
@@ -36,6 +45,7 @@ from videomamba_depth.teacher import TeacherConfig, run_teacher
 from videomamba_depth.zarrio import open_store
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def make_inputs(root: Path, num_frames: int) -> tuple[Path, Path]:
@@ -140,16 +150,95 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quality(params_path: Path, videos: list[str] | None) -> dict:
+    """Per-video flow quality of the default synthetic videos through the real chain (module docstring)."""
+    params = load_params(params_path)
+    synth_cfg = load_section(SynthConfig, "synth", params)
+    decode_cfg = load_section(DecodeConfig, "decode", params)
+    prepare_cfg = load_section(PrepareConfig, "prepare", params)
+    teacher_cfg = load_section(TeacherConfig, "teacher", params)
+    flow_cfg = load_section(FlowConfig, "flow", params)
+    results: dict = {"params": {"synth": synth_cfg.to_dict(), "flow": flow_cfg.to_dict()}, "videos": {}}
+    render_s = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in videos or sorted(synth_cfg.videos):
+            root = Path(tmp) / name
+            start = time.perf_counter()
+            video_dir = write_synth_video(root / "synth", synth_cfg, name)
+            render_s += time.perf_counter() - start
+            entry = VideoEntry(video=str(video_dir / "video.mp4"),
+                               intrinsics=str(video_dir / "intrinsics.json"),
+                               ground_truth=str(video_dir / "gt.zarr"))
+            decode_video(entry, root / "frames.zarr", decode_cfg, name=name)
+            prepare_video(root / "frames.zarr", root / "prepared.zarr", prepare_cfg,
+                          ground_truth=entry.ground_truth, name=name)
+            run_teacher(teacher_cfg, root / "prepared.zarr", root / "teacher.zarr", video=name)
+            compute_flow_store(root / "prepared.zarr", root / "teacher.zarr", root / "flow.zarr", flow_cfg,
+                               video=name)
+            metrics = flow_quality(root / "prepared.zarr", root / "flow.zarr", flow_cfg.static_abs_px)
+            metrics["num_frames"] = open_store(root / "prepared.zarr", "prepared")["rgb"].shape[0]
+            results["videos"][name] = metrics
+            shutil.rmtree(root)
+    keys = [k for k in next(iter(results["videos"].values())) if k != "num_frames"]
+    results["mean"] = {k: float(np.mean([m[k] for m in results["videos"].values()])) for k in keys}
+    results["min"] = {k: float(np.min([m[k] for m in results["videos"].values()])) for k in keys}
+    results["synth_render_s"] = render_s
+    return results
+
+
+QUALITY_COLUMNS = (
+    ("frames", "num_frames", "{:d}"),
+    ("EPE px", "epe", "{:.3f}"),
+    ("consistent", "consistent_fraction", "{:.3f}"),
+    ("moving IoU", "moving_iou", "{:.3f}"),
+    ("precision", "moving_precision", "{:.3f}"),
+    ("recall", "moving_recall", "{:.3f}"),
+    ("detectable IoU", "detectable_moving_iou", "{:.3f}"),
+    ("static IoU", "static_iou", "{:.3f}"),
+    ("rot err mean/max deg", ("rotation_error_mean_deg", "rotation_error_max_deg"), "{:.3f}/{:.3f}"),
+    ("t dir err deg", "translation_direction_error_median_deg", "{:.1f}"),
+    ("gt moving share", "gt_moving_share", "{:.3f}"),
+    ("gt too slow", "gt_moving_too_slow", "{:.3f}"),
+    ("gt indep. px", "gt_independent_px_median", "{:.2f}"),
+)
+
+
+def quality_markdown(results: dict) -> str:
+    def cell(m: dict, key, fmt: str) -> str:
+        keys = key if isinstance(key, tuple) else (key,)
+        return fmt.format(*(m[k] for k in keys)) if all(k in m for k in keys) else ""
+
+    lines = [
+        f"# flow quality: default synthetic videos, flow backend {results['params']['flow']['backend']} "
+        f"(synth render {results['synth_render_s']:.0f} s)",
+        "",
+        "| video | " + " | ".join(c[0] for c in QUALITY_COLUMNS) + " |",
+        "| --- |" + " ---: |" * len(QUALITY_COLUMNS),
+    ]
+    rows = [*results["videos"].items(), ("**mean**", results["mean"]), ("**min**", results["min"])]
+    for name, m in rows:
+        lines.append(f"| {name} | " + " | ".join(cell(m, key, fmt) for _, key, fmt in QUALITY_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=24, help="frames of the synthetic video")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats per DIS preset (best is kept)")
+    parser.add_argument("--quality", action="store_true", help="score flow against gt on the default videos")
+    parser.add_argument("--videos", nargs="*", help="quality: only these synth.videos (default: all)")
+    parser.add_argument("--params", type=Path, default=PARAMS, help="quality: params file")
     args = parser.parse_args(argv)
-    results = run(args.frames, args.repeats)
+    name = "flow_quality" if args.quality else "bench_flow"
+    if args.quality:
+        results = quality(args.params, args.videos)
+        table = quality_markdown(results)
+    else:
+        results = run(args.frames, args.repeats)
+        table = markdown(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_flow.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (RESULTS / "bench_flow.md").write_text(table)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table)
     print(table)
 
 

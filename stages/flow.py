@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from videomamba_depth.config import load_section
 from videomamba_depth.flow import FlowConfig, compute_flow_store
-from videomamba_depth.manifest import load_manifest_entry
+from videomamba_depth.manifest import load_manifest_entry, store_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,9 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     load_manifest_entry(args.video)  # only checks the name: flow reads nothing from the entry itself
     cfg = load_section(FlowConfig, "flow")
     compute_flow_store(
-        Path("data/prepared") / f"{args.video}.zarr",
-        Path("data/teacher") / f"{args.video}.zarr",
-        Path("data/flow") / f"{args.video}.zarr",
+        store_path("prepared", args.video),
+        store_path("teacher", args.video),
+        store_path("flow", args.video),
         cfg,
         video=args.video,
     )

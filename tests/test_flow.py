@@ -239,8 +239,13 @@ def test_dis_recovers_a_known_translation_both_ways(scene: dict) -> None:
     np.testing.assert_allclose(np.median(flows[0][inner].reshape(-1, 2), axis=0), [-2.5, 1.25], atol=0.1)
     np.testing.assert_allclose(np.median(flows[1][inner].reshape(-1, 2), axis=0), [2.5, -1.25], atol=0.1)
     assert dis.describe() == {
-        "name": "dis", "library": "opencv", "version": cv2.__version__, "preset": "medium", "finest_scale": 0
+        "name": "dis", "library": "opencv", "version": cv2.__version__, "preset": "medium", "finest_scale": 0,
+        "patch_size": 8, "patch_stride": 3, "refine_iters": 5,
     }
+    tuned = DISBackend("medium", patch_size=4, patch_stride=3, refine_iters=10).describe()
+    assert (tuned["patch_size"], tuned["patch_stride"], tuned["refine_iters"]) == (4, 3, 10)
+    with pytest.raises(ValueError, match="patch_stride <= patch_size"):
+        DISBackend("medium", patch_size=2, patch_stride=3)
     assert DISBackend("medium", finest_scale=None).describe()["finest_scale"] == 1  # the preset's own
 
 

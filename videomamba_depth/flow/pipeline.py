@@ -57,6 +57,9 @@ class FlowConfig(StageConfig):
     backend: Literal["dis", "raft"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
     dis_finest_scale: int | None = 0
+    dis_patch_size: int | None = 4
+    dis_patch_stride: int | None = 3
+    dis_refine_iters: int | None = 10
     raft_model: Literal["raft", "raft_small"] = "raft_small"
     raft_ckpt: str | None = "things"
     raft_iters: int = 12
@@ -66,11 +69,11 @@ class FlowConfig(StageConfig):
     fb_beta: float = 0.5
     pose_stride: int = 4
     pose_max_points: int = 2000
-    pnp_reproj_px: float = 1.0
+    pnp_reproj_px: float = 0.3
     pnp_iterations: int = 200
     pnp_confidence: float = 0.999
     pnp_min_inliers: int = 50
-    static_abs_px: float = 0.5
+    static_abs_px: float = 0.75
     static_rel: float = 0.1
 
     def __post_init__(self) -> None:
@@ -92,6 +95,12 @@ class FlowConfig(StageConfig):
             raise ValueError(f"must be >= 0: {nonneg}")
         if self.dis_finest_scale is not None and self.dis_finest_scale < 0:
             raise ValueError(f"dis_finest_scale must be >= 0 or null, got {self.dis_finest_scale}")
+        if self.dis_patch_size is not None and self.dis_patch_size < 1:
+            raise ValueError(f"dis_patch_size must be >= 1 or null, got {self.dis_patch_size}")
+        if self.dis_patch_stride is not None and self.dis_patch_stride < 1:
+            raise ValueError(f"dis_patch_stride must be >= 1 or null, got {self.dis_patch_stride}")
+        if self.dis_refine_iters is not None and self.dis_refine_iters < 0:
+            raise ValueError(f"dis_refine_iters must be >= 0 or null, got {self.dis_refine_iters}")
         if not 0.0 < self.pnp_confidence < 1.0:
             raise ValueError(f"pnp_confidence must be in (0, 1), got {self.pnp_confidence}")
 
@@ -99,7 +108,13 @@ class FlowConfig(StageConfig):
 def make_backend(cfg: FlowConfig) -> FlowBackend:
     """The flow backend named by ``cfg.backend``, configured from its ``dis_*`` / ``raft_*`` keys."""
     if cfg.backend == "dis":
-        return DISBackend(preset=cfg.dis_preset, finest_scale=cfg.dis_finest_scale)
+        return DISBackend(
+            preset=cfg.dis_preset,
+            finest_scale=cfg.dis_finest_scale,
+            patch_size=cfg.dis_patch_size,
+            patch_stride=cfg.dis_patch_stride,
+            refine_iters=cfg.dis_refine_iters,
+        )
     return RAFTBackend(
         model=cfg.raft_model,
         ckpt=cfg.raft_ckpt,

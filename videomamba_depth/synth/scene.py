@@ -6,6 +6,12 @@ moving textured objects in front of a hand-held camera. Placement keeps every bo
 whole reachable region and of the moving objects' swept volumes, so no frame ever starts inside geometry
 and nothing interpenetrates. Motions are sums of sinusoids, so they are smooth and stay bounded however
 long the video is, and the layout does not depend on the number of frames.
+
+Moving objects are framed the way a filmed subject is: their size and speed are drawn relative to the view
+(a share of the image width, a share of the field of view per second) at the distance where they are
+placed, and they travel around elliptical loops facing the camera at near-constant speed. So they are
+never momentarily still (a sinusoid back and forth stops at each turn) and always cover a fair share of
+the image when in view, like the people, pets and cars that move in real videos.
 """
 
 from __future__ import annotations
@@ -33,12 +39,24 @@ CAMERA_CLEARANCE_M = 0.8
 CAMERA_MOVING_GAP_M = 0.5
 # How far the camera's reachable region stays from the walls.
 CAMERA_WALL_MARGIN_M = 0.4
-# Frequencies of moving objects' translation: fast enough that no object rests for long.
+# Laps per second of a moving object's loop: one lap takes 1.7-4 s, about one per video.
 MOVING_HZ = (0.25, 0.6)
-# Slowest a moving object may be made (fraction of its drawn speed) to fit the room.
-MIN_CALM = 0.5
-# Spin of moving objects about a random axis, degrees per second (random sign).
-MOVING_SPIN_DPS = (45.0, 150.0)
+# Later placement attempts tighten a loop (more laps per second at the same speed, so a smaller loop) by up
+# to this factor to fit the room.
+MAX_TIGHTEN = 2.0
+# Minor / major semi-axis of a loop, and the largest tilt of its minor axis from vertical towards the
+# camera. The loop faces the camera, so the speed across the image never falls below ~0.6 of its mean.
+LOOP_ASPECT = (0.6, 1.0)
+LOOP_TILT_DEG = 30.0
+# Box edges of a moving box, as fractions of its drawn size (so it looks about as large as a ball would).
+MOVING_BOX_EDGES = (0.7, 1.0)
+# Spin of moving objects about a random axis: the speed of their surface about their centre, as a share of
+# their speed around the loop. Kept well below 1, so no surface point ever stands still (as the contact
+# point of a rolling ball does) and every visible point moves with the object.
+MOVING_SPIN_SHARE = (0.1, 0.3)
+# Height of a moving object's loop centre: the camera's mean line of sight at its distance, give or take
+# this share of the half-height of the view there (so it is framed, not left out of the image).
+MOVING_HEIGHT_SPREAD = 0.4
 # Furniture boxes (width, depth, height ranges in metres) and how many placements to try per body.
 FURNITURE_W, FURNITURE_D, FURNITURE_H = (0.4, 1.8), (0.35, 0.8), (0.45, 2.0)
 ATTEMPTS = 40
@@ -73,8 +91,8 @@ class SynthConfig(StageConfig):
     motion_hz: tuple[float, float] = (0.1, 0.35)  # frequencies of the camera's sinusoidal motion
     furniture: tuple[int, int] = (3, 7)  # furniture boxes per room
     moving_objects: tuple[int, int] = (1, 3)  # independently moving objects per video
-    moving_size_m: tuple[float, float] = (0.45, 0.9)  # diameter / box edge of moving objects
-    moving_speed_mps: tuple[float, float] = (0.4, 1.0)  # RMS translation speed of moving objects
+    moving_view_size: tuple[float, float] = (0.2, 0.35)  # apparent size of moving objects, share of the width
+    moving_view_speed: tuple[float, float] = (0.2, 0.4)  # their angular speed, fields of view per second
     moving_distance_m: tuple[float, float] = (1.5, 3.2)  # distance from the camera when placed
     ambient: float = 0.5  # ambient share of the lighting (the rest is Lambertian from a ceiling light)
 
@@ -85,7 +103,7 @@ class SynthConfig(StageConfig):
             raise ValueError("fps must be > 0, supersample >= 1 and crf in [0, 51]")
         for name in ("num_frames", "hfov_deg", "room_size_m", "room_height_m", "camera_height_m",
                      "camera_speed_mps", "camera_yaw_deg", "camera_pitch_deg", "motion_hz", "furniture",
-                     "moving_objects", "moving_size_m", "moving_speed_mps", "moving_distance_m"):
+                     "moving_objects", "moving_view_size", "moving_view_speed", "moving_distance_m"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"{name}: low {low} > high {high}")
@@ -97,6 +115,8 @@ class SynthConfig(StageConfig):
             raise ValueError("rooms must be >= 3 m wide and >= 0.5 m taller than the highest camera")
         if self.moving_objects[0] < 1:
             raise ValueError("moving_objects: every video needs at least one moving object")
+        if self.moving_view_size[0] <= 0 or self.moving_view_speed[0] <= 0 or self.moving_distance_m[0] <= 0:
+            raise ValueError("moving_view_size, moving_view_speed and moving_distance_m must be > 0")
         if not 0.0 <= self.ambient <= 1.0:
             raise ValueError(f"ambient must be in [0, 1], got {self.ambient}")
 
@@ -214,7 +234,8 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 def _amplitudes_for_speed(directions: np.ndarray, freqs: np.ndarray, speed: float) -> np.ndarray:
     """Amplitudes ``(K, 3)`` along ``directions`` (K, 3) (relative weights) whose sinusoids at ``freqs`` move
     with RMS speed ``speed``: the velocity of sum_k a_k sin(2 pi f_k t + phi_k) has mean square
-    sum_k |2 pi f_k a_k|^2 / 2 (distinct frequencies)."""
+    sum_k |2 pi f_k a_k|^2 / 2 (distinct frequencies, or equal ones a quarter period apart along orthogonal
+    directions: an elliptical loop)."""
     amplitudes = directions / (2 * np.pi * freqs)[:, None]
     rms = np.sqrt(np.sum(np.linalg.norm(amplitudes * (2 * np.pi * freqs)[:, None], axis=1) ** 2) / 2)
     return amplitudes * (speed / rms)
@@ -324,28 +345,39 @@ def _camera_path(config: SynthConfig, rng: np.random.Generator, room: np.ndarray
 
 
 def _moving_body(config: SynthConfig, rng: np.random.Generator, camera: CameraPath, hfov: float,
-                 calm: float, material: int) -> Body:
-    """A box or ball drifting on a Lissajous path across the camera's view while spinning; ``calm`` scales
-    its speed (and so its reach) down."""
-    size = _uniform(rng, config.moving_size_m)
+                 tighten: float, material: int) -> Body:
+    """A box or ball circling an elliptical loop that faces the camera, while spinning; ``tighten`` (>= 1)
+    multiplies its laps per second at the same speed, shrinking the loop."""
+    distance = _uniform(rng, config.moving_distance_m)
+    # Its diameter spans a drawn share of the image width at this distance (the image is 2 tan(hfov/2)
+    # metres wide per metre of depth), so wide-angle views get larger objects than telephoto ones.
+    size = 2 * distance * math.tan(hfov / 2) * _uniform(rng, config.moving_view_size)
     if rng.random() < 0.5:
         kind, half = "sphere", np.full(3, size / 2)
     else:
-        kind, half = "box", size / 2 * rng.uniform(0.6, 1.0, size=3)
-    speed = _uniform(rng, config.moving_speed_mps) * calm
-    freqs = rng.uniform(*MOVING_HZ, size=2)
+        kind, half = "box", size / 2 * rng.uniform(*MOVING_BOX_EDGES, size=3)
+    # Angular speed (fields of view per second) times distance: metres per second across the view.
+    speed = _uniform(rng, config.moving_view_speed) * hfov * distance
+    freq = _uniform(rng, MOVING_HZ) * tighten
     bearing = camera.base_angles[0] + rng.uniform(-0.22, 0.22) * hfov
     view = np.array([np.cos(bearing), np.sin(bearing), 0.0])
     lateral = np.array([-view[1], view[0], 0.0])
-    # Mostly across the view (clear image motion), a weaker term in any direction (depth changes too).
-    directions = np.stack([lateral, _random_unit(rng) * np.array([1.0, 1.0, 0.4]) * 0.6])
-    amplitudes = _amplitudes_for_speed(directions, freqs, speed)
-    offset = Sinusoids(amplitudes, freqs, rng.uniform(0, 2 * np.pi, size=2))
+    # Major axis across the view, minor axis up, tilted towards or away from the camera (depth changes too).
+    tilt = math.radians(rng.uniform(-LOOP_TILT_DEG, LOOP_TILT_DEG))
+    minor = np.array([0.0, 0.0, math.cos(tilt)]) + view * math.sin(tilt)
+    directions = np.stack([lateral, minor * _uniform(rng, LOOP_ASPECT)])
+    amplitudes = _amplitudes_for_speed(directions, np.array([freq, freq]), speed)
+    # The minor term a quarter lap after the major one: an ellipse, travelled either way round.
+    phase, turn = rng.uniform(0, 2 * np.pi), rng.choice([-1.0, 1.0]) * np.pi / 2
+    offset = Sinusoids(amplitudes, np.array([freq, freq]), np.array([phase, phase + turn]))
     radius = float(half[0]) if kind == "sphere" else float(np.linalg.norm(half))
+    centre = camera.centre + view * distance
+    half_height = distance * math.tan(hfov / 2) * config.height / config.width  # of the view at distance
+    sight = centre[2] + distance * math.tan(camera.base_angles[1])
+    # Clear of the floor; the ceiling is checked by the layout.
     z_low = radius + np.abs(amplitudes[:, 2]).sum() + 0.05
-    centre = camera.centre + view * _uniform(rng, config.moving_distance_m)
-    centre[2] = rng.uniform(z_low, max(z_low, 1.7))
-    spin = math.radians(_uniform(rng, MOVING_SPIN_DPS)) * rng.choice([-1.0, 1.0])
+    centre[2] = max(z_low, sight + rng.uniform(-1, 1) * MOVING_HEIGHT_SPREAD * half_height)
+    spin = _uniform(rng, MOVING_SPIN_SHARE) * speed / radius * rng.choice([-1.0, 1.0])
     path = RigidPath(centre, _random_rotation(rng), offset, _random_unit(rng), spin)
     return Body(kind, half, path, (material,) * 6, rng.uniform(0, 1, size=2))
 
@@ -406,14 +438,14 @@ def sample_scene(config: SynthConfig, seed: int) -> Scene:
     for _ in range(rng.integers(config.moving_objects[0], config.moving_objects[1] + 1)):
         material = mats.pick(["blotches", "checker"], (0, 1), (0.5, 0.9), (0.55, 0.95))
         for attempt in range(ATTEMPTS):
-            # Later attempts move slower (down to MIN_CALM of the drawn speed), sweeping less volume.
-            body = _moving_body(config, rng, camera, hfov, max(MIN_CALM, 0.97**attempt), material)
+            # Later attempts tighten the loop (up to MAX_TIGHTEN), sweeping less volume at the same speed.
+            body = _moving_body(config, rng, camera, hfov, min(MAX_TIGHTEN, 1.03**attempt), material)
             if layout.fits_moving(body):
                 layout.moving.append(body)
                 break
     if not layout.moving:
         raise RuntimeError(f"seed {seed}: no moving object fits this room; widen synth.room_size_m or "
-                           "shrink synth.moving_size_m / moving_distance_m")
+                           "shrink synth.moving_view_size / moving_distance_m")
 
     furniture_mats = [mats.pick(["planks", "fabric", "plaster", "checker"], (0, 1), (0.15, 0.7), (0.4, 0.85))
                       for _ in range(3)]
