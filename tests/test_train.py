@@ -22,6 +22,7 @@ from videomamba_depth.training import (
     find_videos,
     learning_rate_factor,
     train,
+    usage_notes,
 )
 from videomamba_depth.training import checkpoint as checkpoint_module
 from videomamba_depth.training.distributed import Distributed
@@ -84,8 +85,19 @@ def test_missing_or_mismatched_stores_are_named(project):
         write_training_video(project, "c")
         (project / "data" / "flow" / "c.zarr").rename(project / "gone")
         find_videos(["c"], 0)
-    with pytest.raises(StoreError, match="leave none for training"):
-        find_videos(["a"], val_frames=12)
+
+def test_short_videos_are_trained_whole_and_reported(project):
+    (short,) = find_videos(["a"], val_frames=12)  # 12 frames: none left after holding out 12
+    assert (short.train_frames, short.val_frames) == (12, 0)
+    notes = usage_notes([short], clip_len=16, p_single_frame=0.0)
+    assert notes == [
+        "a: 12 frame(s), too few to hold out validation frames: trained on whole, not validated",
+        "a: 12 training frame(s), fewer than clip_len=16; unused (p_single_frame is 0)",
+    ]
+    with pytest.raises(ValueError, match="no training video has clip_len=16"):
+        StepPlan([short], clip_len=16, clip_stride=2, batch_size=1, p_single_frame=0.0, seed=0, steps=1)
+    single_only = StepPlan([short], clip_len=16, clip_stride=2, batch_size=1, p_single_frame=1.0, seed=0, steps=2)
+    assert all(item.length == 1 for batch in single_only for item in batch)
 
 
 def test_forked_workers_open_their_own_stores(project):
@@ -266,7 +278,7 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypa
 def test_changed_params_start_fresh_instead_of_resuming(project, capsys):
     train(config(steps=3, val_every=3))
     train(config(steps=3, val_every=3, lr=5e-4))
-    assert "saved by a run with other params: starting fresh" in capsys.readouterr().err
+    assert "saved by a run with other params (lr): starting fresh" in capsys.readouterr().err
     train(config(steps=3, val_every=3, lr=5e-4, num_workers=1))  # loader workers change nothing computed
     assert "resuming from" in capsys.readouterr().err
 

@@ -2,19 +2,22 @@
 
 One file, ``state.pt``, written atomically (temporary name, then rename) so a kill mid-write leaves the
 previous state intact. It holds plain tensors and Python values only and is read with
-``torch.load(weights_only=True)``: loading a state never executes pickled code.
+``torch.load(weights_only=True)``: loading a state never executes pickled code. That is why the RNG states
+are converted (:func:`rng_state`): numpy's generator state becomes a tensor plus plain numbers.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 STATE_FILE = "state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def save_state(directory: Path, state: dict[str, Any]) -> Path:
@@ -38,6 +41,33 @@ def load_state(directory: Path, run_identity: dict[str, Any]) -> tuple[dict[str,
         return None, f"{path}: unreadable resumable state ({exc}): starting fresh"
     if state.get("version") != STATE_VERSION:
         return None, f"{path}: state version {state.get('version')}, expected {STATE_VERSION}: starting fresh"
-    if state.get("run_identity") != run_identity:
-        return None, f"{path}: saved by a run with other params: starting fresh"
+    saved = state.get("run_identity", {})
+    if saved != run_identity:
+        changed = sorted(k for k in saved.keys() | run_identity.keys() if saved.get(k) != run_identity.get(k))
+        return None, f"{path}: saved by a run with other params ({', '.join(changed)}): starting fresh"
     return state, f"resuming from {path} at step {state['step']}"
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's torch (and CUDA), numpy and Python RNG states, in a ``weights_only``-loadable form."""
+    # The project itself draws only from seeded np.random.Generator objects (ruff NPY002); libraries may still
+    # use numpy's legacy global generator, so its state is kept too.
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

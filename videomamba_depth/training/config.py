@@ -22,7 +22,7 @@ class TrainConfig(StageConfig):
     Data:
         videos: training videos (manifest names); held-out videos (``evaluate.videos``) must not be here.
         val_frames: the last frames of every training video, never trained on, used for validation and for
-            picking ``model_best``.
+            picking ``model_best`` (a video of at most this many frames is trained on whole, not validated).
         clip_len: frames per training clip (N).
         clip_stride: spacing of clip starts; each epoch shifts all starts by a random offset below it.
         batch_size: clips per step (per process under DDP).

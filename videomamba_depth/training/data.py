@@ -35,8 +35,8 @@ FLOW_ARRAYS = ("consistent", "static")
 class TrainingVideo:
     """One training video: its stores, length and frame size.
 
-    ``train_frames`` frames (the head of the video) are trained on; the remaining ``val_frames`` are only
-    validated on.
+    The first ``train_frames`` frames are trained on; the last ``val_frames`` (``num_frames - train_frames``)
+    are only validated on.
     """
 
     name: str
@@ -47,6 +47,10 @@ class TrainingVideo:
     train_frames: int
     height: int
     width: int
+
+    @property
+    def val_frames(self) -> int:
+        return self.num_frames - self.train_frames
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,10 @@ class Item:
 def find_videos(names: Sequence[str], val_frames: int) -> list[TrainingVideo]:
     """Check the stores of ``names`` (``data/{prepared,teacher,flow}/<name>.zarr``) and describe them.
 
-    Raises a :class:`StoreError` naming the stores when one is missing, lacks an array, or disagrees with
-    the others on frame count or size.
+    The last ``val_frames`` frames of each video are held out for validation, except in a video of at most
+    ``val_frames`` frames (e.g. a single image), which is trained on whole and not validated
+    (:func:`usage_notes` says so). Raises a :class:`StoreError` naming the stores when one is missing, lacks
+    an array, or disagrees with the others on frame count or size.
     """
     videos = []
     for name in names:
@@ -91,14 +97,29 @@ def find_videos(names: Sequence[str], val_frames: int) -> list[TrainingVideo]:
                 f"{paths['flow']}: static {flow['static'].shape} does not match the {num_frames} frames of "
                 f"{height}x{width} in {paths['prepared']}; re-run flow@{name}"
             )
-        train_frames = num_frames - val_frames
-        if train_frames < 1:
-            raise StoreError(
-                f"{paths['prepared']}: {num_frames} frames leave none for training after the last "
-                f"val_frames={val_frames} are held out for validation"
-            )
+        if num_frames < 1:
+            raise StoreError(f"{paths['prepared']}: no frames; re-run prepare@{name}")
+        train_frames = num_frames - val_frames if num_frames > val_frames else num_frames
         videos.append(TrainingVideo(name, *paths.values(), num_frames, train_frames, height, width))
     return videos
+
+
+def usage_notes(videos: Sequence[TrainingVideo], clip_len: int, p_single_frame: float) -> list[str]:
+    """One line per video that is not used in full: too short to hold out validation frames, to give a
+    clip of ``clip_len`` training frames (then only single-frame steps use it), or to be used at all."""
+    notes = []
+    for v in videos:
+        if v.val_frames == 0:
+            notes.append(
+                f"{v.name}: {v.num_frames} frame(s), too few to hold out validation frames: trained on "
+                "whole, not validated"
+            )
+        if v.train_frames < clip_len:
+            use = "only single-frame steps use it" if p_single_frame > 0 else "unused (p_single_frame is 0)"
+            notes.append(
+                f"{v.name}: {v.train_frames} training frame(s), fewer than clip_len={clip_len}; {use}"
+            )
+    return notes
 
 
 class ClipDataset(Dataset):
@@ -219,7 +240,7 @@ class StepPlan:
         self.steps, self.start, self.rank, self.world_size = steps, start, rank, world_size
         sizes = sorted({(v.height, v.width) for v in self.videos})
         self._buckets = [[i for i, v in enumerate(self.videos) if (v.height, v.width) == s] for s in sizes]
-        if not any(v.train_frames >= clip_len for v in self.videos):
+        if p_single_frame < 1 and not any(v.train_frames >= clip_len for v in self.videos):
             raise ValueError(
                 f"no training video has clip_len={clip_len} training frames (lengths after holding out the "
                 f"validation frames: {[v.train_frames for v in self.videos]})"

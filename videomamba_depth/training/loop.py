@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ from tqdm import tqdm
 
 from videomamba_depth.losses import DistillationLoss
 from videomamba_depth.models import VideoMambaDepth, build_student, save_student
-from videomamba_depth.training.checkpoint import load_state, save_state
+from videomamba_depth.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from videomamba_depth.training.config import TrainConfig
-from videomamba_depth.training.data import ClipDataset, Item, StepPlan, collate, find_videos
+from videomamba_depth.training.data import ClipDataset, Item, StepPlan, collate, find_videos, usage_notes
 from videomamba_depth.training.distributed import Distributed, setup, teardown
 from videomamba_depth.viz import colorize, robust_range
 
@@ -97,14 +98,23 @@ class _Trainer:
         )
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step, self.best_metric = 0, math.inf
+        # What a resumable state must match: the params that change results, and the number of processes
+        # (it sets the global batch and each rank's share).
+        self.run_identity = {**config.run_identity(), "world_size": context.world_size}
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> TrainResult:
         cfg, ctx = self.config, self.ctx
-        self._maybe_resume()
-        # After resuming: the rank's own RNG stream (seed + rank) for anything not shared between ranks.
-        if self.step == 0:
+        if ctx.is_main:
+            for note in usage_notes(self.videos, cfg.clip_len, cfg.p_single_frame):
+                print(f"note: {note}", file=sys.stderr)
+        rng = self._maybe_resume()
+        if rng is None:  # a fresh run: the rank's own RNG streams for anything not shared between ranks
             torch.manual_seed(cfg.seed + ctx.rank)
+            np.random.seed(cfg.seed + ctx.rank)  # noqa: NPY002 (legacy global generator, for libraries)
+            random.seed(cfg.seed + ctx.rank)
+        else:
+            set_rng_state(rng, ctx.device)
         net: nn.Module = self.model
         if ctx.world_size > 1:
             net = DistributedDataParallel(
@@ -130,6 +140,9 @@ class _Trainer:
             num_workers=cfg.num_workers,
             collate_fn=collate,
             multiprocessing_context="fork" if cfg.num_workers and sys.platform != "win32" else None,
+            # Its own generator: creating the loader's iterator then draws nothing from the global RNG, so a
+            # resumed run's RNG streams continue exactly as an uninterrupted run's.
+            generator=torch.Generator().manual_seed(cfg.seed + ctx.rank),
         )
         live = self._live()
         last_validation: dict[str, float] = {}
@@ -157,8 +170,8 @@ class _Trainer:
                 last_validation = self._validate(live)
             if ctx.is_main and cfg.image_every and (self.step % cfg.image_every == 0 or last):
                 self._log_images(live)
-            if ctx.is_main and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
-                self._save_state()
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
+                self._save_state()  # every rank: each contributes its RNG state
         progress.close()
         self._check_replicas_in_sync()
         if ctx.is_main:
@@ -223,10 +236,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------ validation
     def _val_items(self) -> list[Item]:
-        cfg = self.config
-        return [
-            Item(i, v.train_frames, cfg.val_frames) for i, v in enumerate(self.videos) if cfg.val_frames > 1
-        ]
+        return [Item(i, v.train_frames, v.val_frames) for i, v in enumerate(self.videos) if v.val_frames]
 
     @torch.inference_mode()
     def _predict(self, item: Item) -> tuple[dict[str, Tensor], Tensor]:
@@ -306,37 +316,47 @@ class _Trainer:
         live.step = self.step
         return live
 
-    def _maybe_resume(self) -> None:
-        cfg = self.config
-        if not cfg.resume:
+    def _maybe_resume(self) -> dict | None:
+        """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
+        if not self.config.resume:
             state, message = None, "train.resume is false: starting fresh"
         else:
-            state, message = load_state(self.out_dir / "state", cfg.run_identity())
+            state, message = load_state(self.out_dir / "state", self.run_identity)
         if self.ctx.is_main:
             print(message, file=sys.stderr)
         if state is None:
-            return
+            return None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
-        # Nothing draws from torch's global RNG after initialisation (no dropout; the data plan has its own
-        # seeded generators); restoring it keeps any future use reproducible across a resume.
-        torch.set_rng_state(state["rng"])
+        # The batches need no sampler state: the step plan is a pure function of (seed, step). Nothing draws
+        # from the global RNGs after initialisation today (no dropout; the plan has its own generators);
+        # restoring them keeps any future use reproducible across a resume.
+        return state["rng"][self.ctx.rank]
 
     def _save_state(self) -> None:
+        """Rank 0 writes the resumable state, with every rank's RNG states (a collective call under DDP)."""
+        rng = rng_state(self.ctx.device)
+        ranks = [rng]
+        if self.ctx.world_size > 1:
+            ranks = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(ranks, rng)
+        if not self.ctx.is_main:
+            return
         save_state(
             self.out_dir / "state",
             {
                 "step": self.step,
                 "best_metric": self.best_metric,
-                "run_identity": self.config.run_identity(),
+                "run_identity": self.run_identity,
+                "config": self.config.to_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in r.items()} for r in ranks],
             },
         )
 
@@ -354,7 +374,7 @@ class _Trainer:
 
     def _write_outputs(self, live: object) -> None:
         save_student(self.out_dir / "model_final.safetensors", self.model)
-        if math.isinf(self.best_metric):  # never validated (val_frames < 2): best = final
+        if math.isinf(self.best_metric):  # never validated (no video has validation frames): best = final
             save_student(self.out_dir / "model_best.safetensors", self.model)
         (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         live.end()
