@@ -44,9 +44,54 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", help="a video file (.mp4, .mov, ...) or a folder of frames")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a trained student, e.g. data/train/model_best.safetensors")
+    parser.add_argument("--out", required=True,
+                        help="output Zarr store, e.g. OUT.zarr (written only when complete)")
+    parser.add_argument("--intrinsics", metavar="K",
+                        help=".json/.npy K (3x3 or per-frame T x 3 x 3) in pixels of the original frames")
+    parser.add_argument("--hfov", type=float, metavar="DEG",
+                        help="no K file: assume this horizontal field of view (default: UniDepthV2 estimate "
+                             "when installed, else 60 degrees with a warning)")
+    parser.add_argument("--preview", metavar="OUT.mp4", help="also write a colour-mapped depth video")
+    parser.add_argument("--preview-range", type=float, nargs=2, metavar=("NEAR", "FAR"),
+                        help="preview colour range in metres (default: first frame's 1st-99th percentile)")
+    parser.add_argument("--points-every", type=int, default=0, metavar="N",
+                        help="write a PLY point cloud every N frames into OUT.points/ (default 0: none)")
+    parser.add_argument("--long-edge", type=int, default=224,
+                        help="model input long edge: the training prepare.long_edge (default 224)")
+    parser.add_argument("--pad-multiple", type=int, default=14,
+                        help="model input padding multiple: the training prepare.pad_multiple (default 14)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--backend", choices=("pyav", "decord"), default="pyav", help="video decoder")
+    parser.add_argument("--anchoring", action="store_true",
+                        help="keyframe anchoring with its default settings (see evaluate.anchoring)")
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from videomamba_depth.inference.anchoring import AnchoringConfig
+    from videomamba_depth.inference.infer import InferConfig, infer_video
+
+    config = InferConfig(
+        long_edge=args.long_edge, pad_multiple=args.pad_multiple, video_backend=args.backend,
+        device=args.device, hfov_deg=args.hfov, points_every=args.points_every,
+        preview_range=None if args.preview_range is None else tuple(args.preview_range),
+        anchoring=AnchoringConfig(enabled=args.anchoring),
+    )
+    result = infer_video(args.video, args.checkpoint, args.out, config, intrinsics=args.intrinsics,
+                         preview=args.preview)
+    written = [str(p) for p in (result.store, result.preview, result.points) if p is not None]
+    print(f"{result.num_frames} frames at {result.fps:.1f} frames/s -> {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "inspect": Command("describe a store (tree, layout, bytes, statistics, attributes); draw a PNG",
                        _inspect_arguments, _inspect),
+    "infer": Command("streaming metric depth of a video with a trained student (Zarr, preview, PLY)",
+                     _infer_arguments, _infer),
 }
 
 

@@ -112,3 +112,58 @@ def _save(fig: Figure, ax: object, path: str | Path, title: str, xlabel: str, yl
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def plot_grid(
+    path: str | Path,
+    cells: list[list[np.ndarray | None]],
+    *,
+    title: str,
+    units: str,
+    vmin: float,
+    vmax: float,
+    col_labels: list[str],
+    row_labels: list[str] | None = None,
+    cmap: str = DEPTH_CMAP,
+    valid: np.ndarray | None = None,
+    xlabel: str = "x (px)",
+    ylabel: str = "y (px)",
+) -> Path:
+    """Save a grid of images sharing one colour range and one colorbar in ``units``.
+
+    ``cells[r][c]`` is an RGB uint8 image ``(H, W, 3)`` (drawn as is), a scalar map ``(H, W)`` (colour-mapped
+    on ``[vmin, vmax]``; ``valid`` ``(H, W)``, when given, blacks out the other pixels) or None (left
+    empty). Columns are titled with ``col_labels``, rows labelled with ``row_labels``; every cell of a row
+    should have the same size.
+    """
+    rows, cols = len(cells), len(col_labels)
+    height = max(c.shape[0] for row in cells for c in row if c is not None)
+    width = max(c.shape[1] for row in cells for c in row if c is not None)
+    # Same display scale rule as single figures, applied to the whole grid.
+    scale = min(max(1.0, _MIN_SIDE / width), _MAX_WIDTH / (cols * width), _MAX_HEIGHT / (rows * height), 2.0)
+    cell_w, cell_h = width * scale / _DPI, max(height * scale, _MIN_SIDE / 3) / _DPI
+    fig = Figure(figsize=(cols * (cell_w + 0.35) + 1.4, rows * (cell_h + 0.35) + 0.8), dpi=_DPI,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, row in enumerate(cells):
+        for c, cell in enumerate(row):
+            ax = axes[r][c]
+            if cell is None:
+                ax.axis("off")
+                continue
+            image = cell if cell.ndim == 3 else colorize(cell, vmin, vmax, cmap, valid)
+            ax.imshow(image, interpolation="nearest", aspect="auto")
+            ax.tick_params(labelsize=7)
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=9)
+            if r == rows - 1:
+                ax.set_xlabel(xlabel, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(ylabel if row_labels is None else f"{row_labels[r]}\n{ylabel}", fontsize=8)
+    fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), ax=axes, label=units, shrink=0.9)
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

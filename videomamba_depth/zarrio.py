@@ -116,6 +116,24 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling file name of ``path``; rename it to ``path`` when the block succeeds.
+
+    The temporary name keeps the suffix (writers such as PyAV pick the format from it). On any exception it
+    is deleted and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+@contextmanager
 def writing_store(path: str | Path, kind: str, attrs: Mapping[str, Any]) -> Iterator[zarr.Group]:
     """Create a Zarr v3 group under a temporary name, yield it, and rename it to ``path`` on success.
 

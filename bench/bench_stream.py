@@ -1,0 +1,250 @@
+"""Streaming inference benchmark: fps and peak memory over video length, and student vs teacher cost.
+
+1. Streaming: 100, 1,000 and 10,000 frames through the one streaming predictor
+   (``inference.StreamingDepth``, default ``ModelConfig`` with randomised temporal blocks, as
+   ``bench_model``) and into a sharded Zarr depth store (``zarrio.TimeWriter``), each length in its own
+   process so its peak RSS is its own. Frames are generated on the fly cheaply: a pool of ``POOL`` frames of
+   one synthetic room is rendered once (``synth.render_frames``, 256 x 192, prepared to 224 x 168 with the
+   prepare stage's ``resize_pad``), and frame ``t`` is pool frame ``t % POOL`` rolled right by
+   ``t // POOL`` pixels, so no two cycles repeat. RSS is sampled with psutil every 20 ms; the slope of peak
+   RSS over length (least squares, MiB per 1,000 frames) and the slope of RSS within the longest run (after
+   its first 100 frames) show whether memory grows with length.
+2. Per-frame cost at the same resolution (224 x 168, batch 1): student ``step`` vs the teacher. UniDepthV2
+   when the ``unidepth`` package is installed; otherwise a PROXY: a ViT-S/14 encoder forward (patch 14,
+   width 384, depth 12, 6 heads, MLP 4x, random weights, plain ``torch.nn``), which is only the teacher's
+   backbone (UniDepthV2 adds a decoder and camera module, so the real ratio is larger).
+
+Run: ``python -m bench.bench_stream`` (a few minutes; ``--lengths 100 1000`` for a quick look). Results:
+bench/results/bench_stream.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from torch import nn
+
+from videomamba_depth.camera import ResizePad
+from videomamba_depth.inference import StreamingDepth
+from videomamba_depth.inference.intrinsics import unidepth_available
+from videomamba_depth.models import ModelConfig, build_student
+from videomamba_depth.prepare import resize_pad
+from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
+from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LENGTHS = (100, 1_000, 10_000)
+POOL = 24  # rendered frames cycled to make any length
+LONG_EDGE, PAD_MULTIPLE = 224, 14  # the prepare defaults: 256 x 192 -> 224 x 168
+SAMPLE_S = 0.02  # RSS sampling period
+COST_FRAMES = 30  # timed frames for the per-frame cost comparison (after 5 warm-up frames)
+
+
+def student():
+    """Default student with its zero-initialised projections randomised (does a trained model's work)."""
+    torch.manual_seed(0)
+    model = build_student(ModelConfig())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2 and p.abs().max() == 0:
+                p.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def frame_pool() -> tuple[np.ndarray, np.ndarray, ResizePad]:
+    """``POOL`` prepared frames ``(POOL, 168, 224, 3)``, their prepared K ``(3, 3)`` and the geometry."""
+    scene = sample_scene(SynthConfig(num_frames=(POOL, POOL), supersample=1), 0)
+    frames = list(render_frames(scene))
+    rgb = np.stack([f.rgb for f in frames])
+    geometry = ResizePad.fit(rgb.shape[2], rgb.shape[1], LONG_EDGE, PAD_MULTIPLE)
+    return resize_pad(rgb, geometry), geometry.apply_K(frames[0].K), geometry
+
+
+def synthetic_frame(pool: np.ndarray, t: int) -> np.ndarray:
+    """Frame ``t`` of an endless video: pool frame ``t % POOL`` rolled right by ``t // POOL`` pixels."""
+    return np.roll(pool[t % len(pool)], t // len(pool), axis=1)
+
+
+class RssSampler:
+    """Samples this process's RSS every ``SAMPLE_S`` seconds in a thread; ``peak`` in bytes."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def run_length(length: int) -> dict:
+    """Stream ``length`` frames through the predictor into a Zarr store (child process body)."""
+    pool, K, geometry = frame_pool()
+    predictor = StreamingDepth(student())
+    height, width = pool.shape[1:3]
+    rss_curve = []
+    with tempfile.TemporaryDirectory() as tmp, RssSampler() as sampler:
+        with writing_store(Path(tmp) / "depth.zarr", "depth", {}) as group:
+            array = create_time_array(group, "depth", (height, width), "float16", dims=("t", "y", "x"),
+                                      units="m", description="benchmark depth")
+            with TimeWriter(array) as writer:
+                start = time.perf_counter()
+                for t in range(length):
+                    writer.append(predictor(synthetic_frame(pool, t), K)[None])
+                    if t % 100 == 99:
+                        rss_curve.append((t + 1, sampler.process.memory_info().rss))
+                seconds = time.perf_counter() - start
+    return {
+        "frames": length,
+        "seconds": seconds,
+        "fps": length / seconds,
+        "peak_rss_mib": sampler.peak / 2**20,
+        "state_bytes": predictor.state_nbytes(),
+        "rss_every_100_frames_mib": [[t, rss / 2**20] for t, rss in rss_curve],
+        "geometry": geometry.to_attrs(),
+    }
+
+
+class ViTSmallProxy(nn.Module):
+    """ViT-S/14 encoder with random weights (teacher-cost proxy): patch 14, width 384, 12 blocks, 6 heads."""
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 384, kernel_size=14, stride=14)
+        tokens = (height // 14) * (width // 14) + 1
+        self.cls = nn.Parameter(torch.zeros(1, 1, 384))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, tokens, 384))
+        layer = nn.TransformerEncoderLayer(384, 6, 4 * 384, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(384)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, 384)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
+        return self.norm(self.blocks(x))
+
+
+def median_ms(fn, frames: int = COST_FRAMES) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def per_frame_cost() -> dict:
+    pool, K, _ = frame_pool()
+    height, width = pool.shape[1:3]
+    predictor = StreamingDepth(student())
+    frames = iter(range(10**9))
+    student_ms = median_ms(lambda: predictor(synthetic_frame(pool, next(frames)), K))
+    x = torch.from_numpy(pool[0]).permute(2, 0, 1)[None].float() / 255.0
+    if unidepth_available():
+        from videomamba_depth.teacher import TeacherConfig
+        from videomamba_depth.teacher.unidepth import UniDepthTeacher
+
+        teacher = UniDepthTeacher.from_config(TeacherConfig(backend="unidepth", device="cpu"), None)
+        teacher_name = f"UniDepthV2 ({teacher.weights})"
+        teacher_ms = median_ms(lambda: teacher.predict(pool[:1], K[None], np.arange(1)))
+    else:
+        torch.manual_seed(0)
+        vit = ViTSmallProxy(height, width).eval()
+        teacher_name = "PROXY: ViT-S/14 encoder forward, random weights (unidepth not installed)"
+        with torch.inference_mode():
+            teacher_ms = median_ms(lambda: vit(x))
+    return {"resolution": [width, height], "student_step_ms": student_ms, "teacher": teacher_name,
+            "teacher_ms": teacher_ms, "student_over_teacher": student_ms / teacher_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: run one length, print JSON
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child is not None:
+        print(json.dumps(run_length(args.child)))
+        return
+    runs = []
+    for length in args.lengths:
+        command = [sys.executable, "-m", "bench.bench_stream", "--child", str(length),
+                   "--threads", str(args.threads)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{length:>6} frames: {runs[-1]['fps']:.1f} fps, peak RSS {runs[-1]['peak_rss_mib']:.1f} MiB",
+              flush=True)
+    lengths_k = np.array([r["frames"] for r in runs]) / 1000.0
+    peaks = np.array([r["peak_rss_mib"] for r in runs])
+    slope = float(np.polyfit(lengths_k, peaks, 1)[0]) if len(runs) > 1 else float("nan")
+    longest = max(runs, key=lambda r: r["frames"])
+    curve = np.array([p for p in longest["rss_every_100_frames_mib"] if p[0] > 100])
+    within = float(np.polyfit(curve[:, 0] / 1000.0, curve[:, 1], 1)[0]) if len(curve) > 1 else float("nan")
+    cost = per_frame_cost()
+    result = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "frame_source": f"pool of {POOL} rendered frames cycled with a 1 px roll per cycle",
+        "runs": runs,
+        "peak_rss_slope_mib_per_1000_frames": slope,
+        "rss_slope_within_longest_mib_per_1000_frames": within,
+        "per_frame_cost": cost,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_stream.json").write_text(json.dumps(result, indent=2) + "\n")
+    width, height = cost["resolution"]
+    md = [
+        "# bench_stream",
+        "",
+        f"torch {result['torch']}, {args.threads} thread(s), load average at start "
+        f"{result['load_average_at_start']}. Default student, {width} x {height} prepared frames, "
+        f"`StreamingDepth` + Zarr `TimeWriter` (float16 depth); frames: {result['frame_source']}.",
+        "",
+        "| frames | fps | peak RSS (MiB) | state (MiB) |",
+        "|---:|---:|---:|---:|",
+        *(f"| {r['frames']:,} | {r['fps']:.1f} | {r['peak_rss_mib']:.1f} | {r['state_bytes'] / 2**20:.2f} |"
+          for r in runs),
+        "",
+        f"Peak RSS slope over length (least squares): {slope:+.2f} MiB per 1,000 frames; RSS slope within "
+        f"the {longest['frames']:,}-frame run (after frame 100): {within:+.2f} MiB per 1,000 frames.",
+        "",
+        f"Per-frame cost at {width} x {height}, batch 1 (median): student step "
+        f"{cost['student_step_ms']:.1f} ms, "
+        f"teacher {cost['teacher_ms']:.1f} ms ({cost['teacher']}); student / teacher = "
+        f"{cost['student_over_teacher']:.2f}.",
+        "",
+    ]
+    (RESULTS / "bench_stream.md").write_text("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The ``evaluate`` stage: teacher vs streaming student vs per-frame student on held-out videos."""
+
+from videomamba_depth.evaluation.data import EvalVideo, load_eval_video
+from videomamba_depth.evaluation.pipeline import METHODS, EvaluateConfig, evaluate
+from videomamba_depth.evaluation.scoring import DEPTH_METRICS, TEMPORAL_METRICS, Score, ScoreSettings, score
+
+__all__ = [
+    "DEPTH_METRICS",
+    "METHODS",
+    "TEMPORAL_METRICS",
+    "EvalVideo",
+    "EvaluateConfig",
+    "Score",
+    "ScoreSettings",
+    "evaluate",
+    "load_eval_video",
+    "score",
+]

@@ -1,0 +1,141 @@
+"""Scores of one depth video against its reference: accuracy per alignment and temporal consistency.
+
+Every method (teacher, streaming student, per-frame student) is scored on the same pixels: the reference's
+valid pixels inside the depth range where the teacher is valid too, so no method is judged on pixels
+another one skips. Temporal metrics are computed on the *aligned* prediction of each alignment mode (as
+Video Depth Anything does for TAE). Names in the results:
+
+- depth accuracy (``metrics.frame_metrics``, mean over frames): ``abs_rel``, ``rmse`` (m), ``delta1``;
+- ``tae``: temporal alignment error, percent (poses and K from ground truth, else the flow stage's
+  relative poses; pairs without a known pose are skipped);
+- ``jitter_static``: mean ``|Δ log d|`` at one pixel over the flow stage's ``static`` mask (rigid
+  background: under camera motion it also contains real depth change, see ``floor``);
+- ``jitter_still``: the same over ``static & |flow| < still_flow_px``: pixels that barely move, so nearly
+  any change there is flicker;
+- ``flow_warped``: mean ``|log d_{t+1}(p + f) - log d_t(p)|`` over forward-backward consistent flow;
+- ``scale_std``: std over frames of the per-frame least-squares scale to the reference (scale drift).
+
+``floor``: the temporal metrics of the ground truth itself (when it exists): what a perfect depth scores on
+the same masks, because surfaces do change depth between frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from videomamba_depth.evaluation.data import EvalVideo
+from videomamba_depth.metrics import (
+    Alignment,
+    align,
+    evaluate_sequence,
+    evaluation_mask,
+    flow_warped_error,
+    relative_change_histogram,
+    scale_drift,
+    static_jitter,
+    tae,
+)
+
+DEPTH_METRICS = ("abs_rel", "rmse", "delta1")
+TEMPORAL_METRICS = ("tae", "jitter_static", "jitter_still", "flow_warped")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Depth range (metres), the flow magnitude (pixels) below which a static pixel is "still", and the
+    change-histogram layout."""
+
+    min_depth: float
+    max_depth: float
+    still_flow_px: float
+    histogram_bins: int
+    histogram_max_change: float
+
+
+@dataclass(frozen=True)
+class Score:
+    """Means (metric name -> value) and per-frame / per-pair curves of one method under one alignment.
+
+    ``curves``: ``tae``, ``jitter_static``, ``jitter_still``, ``flow_warped`` ``(T-1,)``; ``abs_rel`` and
+    ``scale`` ``(T,)`` (per-frame least-squares scale to the reference), both absent when the depth is its
+    own reference.
+    """
+
+    means: dict[str, float]
+    curves: dict[str, np.ndarray]
+
+
+def masks(video: EvalVideo, settings: ScoreSettings) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, H, W)`` evaluated pixels (reference valid, in range, teacher valid) and ``(T-1, H, W)`` still
+    pixels (``static`` with forward flow shorter than ``still_flow_px``)."""
+    mask = evaluation_mask(
+        video.reference, video.reference_valid & video.teacher_valid,
+        max_depth=settings.max_depth, min_depth=settings.min_depth,
+    )
+    still = video.static & (np.linalg.norm(video.flow_fwd, axis=-1) < settings.still_flow_px)
+    return mask, still
+
+
+def temporal(depth: np.ndarray, video: EvalVideo, mask: np.ndarray, still: np.ndarray) -> dict[str, object]:
+    """Temporal curves (:data:`TEMPORAL_METRICS`) of ``depth`` ``(T, H, W)`` over ``mask``."""
+    tae_curve = tae(depth, video.K_eval, video.pose_c2w, valid=mask).per_pair.copy()
+    tae_curve[~video.pose_known] = np.nan  # an unknown pose is stored as the identity: not comparable
+    return {
+        "tae": tae_curve,
+        "jitter_static": static_jitter(depth, video.static, valid=mask).per_pair,
+        "jitter_still": static_jitter(depth, still, valid=mask).per_pair,
+        "flow_warped": flow_warped_error(depth, video.flow_fwd, video.consistent, valid=mask).per_pair,
+    }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = np.isfinite(values)
+    return float(values[finite].mean()) if finite.any() else float("nan")
+
+
+def score(
+    depth: np.ndarray,
+    video: EvalVideo,
+    alignment: Alignment,
+    settings: ScoreSettings,
+    *,
+    is_reference: bool = False,
+) -> Score:
+    """Score ``depth`` ``(T, H, W)`` metres under ``alignment``; ``is_reference``: it is the reference
+    itself (the teacher when there is no ground truth), so accuracy metrics are left out."""
+    mask, still = masks(video, settings)
+    aligned = align(depth, video.reference, mask, alignment, max_depth=settings.max_depth,
+                    min_depth=settings.min_depth).depth
+    curves = temporal(aligned, video, mask, still)
+    means = {}
+    if not is_reference:
+        sequence = evaluate_sequence(depth, video.reference, mask, max_depth=settings.max_depth,
+                                     alignment=alignment, min_depth=settings.min_depth)
+        means = {name: sequence.mean[name] for name in DEPTH_METRICS}
+        curves["abs_rel"] = sequence.per_frame["abs_rel"]
+    means.update({name: _nanmean(curves[name]) for name in TEMPORAL_METRICS})
+    if not is_reference:
+        drift = scale_drift(aligned, video.reference, mask)
+        means["scale_std"] = float(drift.window_std[-1])
+        curves["scale"] = drift.scale
+    return Score(means, curves)
+
+
+def floor(video: EvalVideo, settings: ScoreSettings) -> Score | None:
+    """Temporal metrics of the ground truth itself (None when the reference is the teacher)."""
+    if video.reference_kind != "ground_truth":
+        return None
+    mask, still = masks(video, settings)
+    curves = temporal(video.reference, video, mask, still)
+    return Score({name: _nanmean(curves[name]) for name in TEMPORAL_METRICS}, curves)
+
+
+def change_histogram(depth: np.ndarray, video: EvalVideo, settings: ScoreSettings) -> list[dict[str, float]]:
+    """Histogram rows of frame-to-frame relative changes over static, evaluated pixels."""
+    mask, _ = masks(video, settings)
+    pairs = video.static & mask[1:] & mask[:-1]
+    histogram = relative_change_histogram(depth, pairs, bins=settings.histogram_bins,
+                                          max_change=settings.histogram_max_change)
+    return histogram.rows()
