@@ -96,7 +96,9 @@ def test_short_videos_are_trained_whole_and_reported(project):
     ]
     with pytest.raises(ValueError, match="no training video has clip_len=16"):
         StepPlan([short], clip_len=16, clip_stride=2, batch_size=1, p_single_frame=0.0, seed=0, steps=1)
-    single_only = StepPlan([short], clip_len=16, clip_stride=2, batch_size=1, p_single_frame=1.0, seed=0, steps=2)
+    single_only = StepPlan(
+        [short], clip_len=16, clip_stride=2, batch_size=1, p_single_frame=1.0, seed=0, steps=2
+    )
     assert all(item.length == 1 for batch in single_only for item in batch)
 
 

@@ -10,7 +10,8 @@ synthetic set), else against the teacher (:mod:`.scoring`). Outputs in ``out_dir
 
 - ``metrics.json`` (DVC metrics): ``headline`` (student / teacher ratios on the metric alignment ``none``
   and a boolean per criterion), ``aggregate`` (mean over videos) and ``videos`` (per video), each
-  ``{alignment: {method: {metric: value}}}`` (methods: ``METHODS``) plus ``floor`` (the ground truth's own temporal metrics);
+  ``{alignment: {method: {metric: value}}}`` (methods: ``METHODS``) plus ``floor`` (the ground truth's
+  own temporal metrics);
 - ``plots/<curve>/<video>.csv`` (DVC plots): ``abs_rel`` per frame, ``jitter`` and ``tae`` per frame pair,
   ``drift`` (per-frame scale to the reference), ``change_histogram`` (frame-to-frame relative changes on
   static pixels); a column per method (and ``ground_truth``);
