@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import av
 import numpy as np
 import yaml
 
+from bench.timing import call_seconds
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.prepare import PrepareConfig, prepare_video
@@ -59,12 +59,7 @@ def make_frames(num_frames: int, height: int, width: int) -> np.ndarray:
 
 
 def best_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_seconds(fn, repeats, warm_up=0))
 
 
 def decode_source(path: Path, backend: str) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from bench.timing import call_seconds
 from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,13 +34,7 @@ FOCAL = 170.0  # px, a typical focal of the prepared synthetic frames
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Minimum wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_seconds(fn, repeats))
 
 
 def default_model() -> VideoMambaDepth:
@@ -101,7 +96,7 @@ def main() -> None:
         "inference_forward_s": forward_s,
         "step_latency_ms_mean": 1e3 * statistics.mean(latencies),
         "step_latency_ms_median": 1e3 * statistics.median(latencies),
-        "state_bytes_per_stream": states.nbytes(),
+        "state_bytes_per_stream": states.nbytes,
     }
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.timing import call_seconds
 from videomamba_depth.ssm import TemporalMambaScale, ssd_scan, ssd_scan_ref
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,14 +41,7 @@ EARLY_FRAME = 10
 
 def best_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
     """Minimum wall time of ``repeats`` calls, after one warm-up call if ``warm_up``."""
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_seconds(fn, repeats, warm_up=int(warm_up)))
 
 
 def scan_inputs(num_frames: int, nheads: int, headdim: int, d_state: int) -> tuple[torch.Tensor, ...]:

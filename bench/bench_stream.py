@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ import psutil
 import torch
 from torch import nn
 
+from bench.timing import call_seconds
 from videomamba_depth.camera import ResizePad
 from videomamba_depth.inference import StreamingDepth
 from videomamba_depth.inference.intrinsics import unidepth_available
@@ -151,15 +153,9 @@ class ViTSmallProxy(nn.Module):
         return self.norm(self.blocks(x))
 
 
-def median_ms(fn, frames: int = COST_FRAMES) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(frames):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def median_ms(fn: Callable[[], object], frames: int = COST_FRAMES) -> float:
+    """Median wall time of ``frames`` calls after 5 warm-up calls, milliseconds."""
+    return 1e3 * statistics.median(call_seconds(fn, frames, warm_up=5))
 
 
 def per_frame_cost() -> dict:

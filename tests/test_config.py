@@ -75,3 +75,17 @@ def test_repository_params_have_every_stage_section():
     params = load_params()
     for section in ("videos", "synth", "decode", "prepare", "teacher", "flow", "train", "evaluate"):
         assert section in params, section
+
+
+def test_device_setting_resolves_or_names_the_param(monkeypatch):
+    import torch
+
+    from videomamba_depth.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", "train.device") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"train\.device is 'cuda' but torch sees no CUDA device"):
+        resolve_device("cuda", "train.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")

@@ -261,7 +261,7 @@ def test_init_states_follow_the_padded_feature_sizes():
     assert states.geometry() == {"s16": (12, 14), "s32": (6, 7)}
     assert states["s16"].num_tokens == 3 * 12 * 14 and states["s32"].num_tokens == 3 * 6 * 7
     assert len(states["s32"].blocks) == 2
-    assert states.nbytes() == sum(
+    assert states.nbytes == sum(
         t.numel() * t.element_size() for _, s in states.items() for t in s.tensors()
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -333,7 +333,7 @@ def test_per_frame_variant_without_temporal_scales():
     with torch.no_grad():
         out = model(rgb, K)
         stepped, states = run_steps(model, rgb, K)
-    assert out.summaries == {} and out.states.nbytes() == 0 and states.names == ()
+    assert out.summaries == {} and out.states.nbytes == 0 and states.names == ()
     assert rel_err(stepped, out.depth) <= TOL
 
 

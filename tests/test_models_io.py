@@ -66,9 +66,16 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(rgb, K).depth, model(rgb, K).depth)
     with safe_open(str(path), framework="pt") as f:
-        assert json.loads(f.metadata()["model_config"]) == model.config.to_dict()
+        header = json.loads(f.metadata()["videomamba_depth"])
         keys = set(f.keys())
+    assert header["model_config"] == model.config.to_dict() and header["format_version"] == "2"
     assert keys == set(model.state_dict())
+    # Same weights, same bytes (safetensors orders a multi-key metadata map randomly: one key avoids it).
+    again = tmp_path / "again.safetensors"
+    for _ in range(5):
+        save_student(again, model)
+        assert again.read_bytes() == path.read_bytes()
+    assert not list(tmp_path.glob("*.partial-*"))
 
 
 @pytest.mark.parametrize("wrap", [DDPLike, CompileLike])
@@ -86,6 +93,11 @@ def test_load_rejects_other_files_and_applies_overrides(tmp_path):
     save_file({"w": torch.zeros(2)}, str(other))
     with pytest.raises(ValueError, match="not a VideoMambaDepth student"):
         load_student(other)
+    old = tmp_path / "old.safetensors"
+    header = {"format": "videomamba_depth.student", "format_version": "1", "model_config": {}}
+    save_file({"w": torch.zeros(2)}, str(old), metadata={"videomamba_depth": json.dumps(header)})
+    with pytest.raises(ValueError, match="format version '1', this code reads version 2"):
+        load_student(old)
     with pytest.raises(FileNotFoundError):
         load_student(tmp_path / "missing.safetensors")
     path = tmp_path / "student.safetensors"

@@ -285,6 +285,41 @@ def test_changed_params_start_fresh_instead_of_resuming(project, capsys):
     assert "resuming from" in capsys.readouterr().err
 
 
+def test_rerun_of_a_finished_run_restores_its_outputs(project, capsys):
+    """DVC deletes a stage's outputs (not the persisted state) before re-running it, e.g. after
+    `dvc repro -f`: the resumed, finished run must write the same model_best and model_final again."""
+    cfg = config(steps=6, val_every=2)
+    first = train(cfg)
+    saved = {name: load_file(project / "data" / "train" / name)
+             for name in ("model_best.safetensors", "model_final.safetensors")}
+    for name in (*saved, "config.json"):
+        (project / "data" / "train" / name).unlink()
+    capsys.readouterr()
+    again = train(cfg)
+    assert "resuming from data/train/state/state.pt at step 6" in capsys.readouterr().err
+    assert again.best_metric == first.best_metric
+    for name, tensors in saved.items():
+        restored = load_file(project / "data" / "train" / name)
+        assert restored.keys() == tensors.keys(), name
+        assert all(torch.equal(restored[k], tensors[k]) for k in tensors), name
+
+
+def test_changed_code_starts_fresh_and_drops_the_old_best(project, capsys, monkeypatch):
+    train(config(steps=3, val_every=3))
+    best = project / "data" / "train" / "state" / "best.safetensors"
+    assert best.is_file()
+    monkeypatch.setattr("videomamba_depth.training.loop.code_fingerprint", lambda: "edited library")
+    monkeypatch.setattr("videomamba_depth.training.loop._Trainer._validate", lambda self, live: {})
+    capsys.readouterr()
+    train(config(steps=3, val_every=3))
+    assert "saved by a run with other params (code): starting fresh" in capsys.readouterr().err
+    # Never validated this time: model_best is the final model, not the first run's best.
+    train_dir = project / "data" / "train"
+    assert not best.exists()
+    best_now, final = (load_file(train_dir / f"model_{n}.safetensors") for n in ("best", "final"))
+    assert all(torch.equal(best_now[k], final[k]) for k in final)
+
+
 def test_flip_augmentation_mirrors_frames_and_intrinsics(project):
     from videomamba_depth.camera import backproject
     from videomamba_depth.training.data import flip_K

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from videomamba_depth.config import StageConfig
+from videomamba_depth.devices import resolve_device
 from videomamba_depth.evaluation import figures
 from videomamba_depth.evaluation.data import EvalVideo, load_eval_video
 from videomamba_depth.evaluation.scoring import (
@@ -45,7 +46,7 @@ from videomamba_depth.evaluation.scoring import (
     floor,
     score,
 )
-from videomamba_depth.inference import AnchoringConfig, StreamingDepth, load_checkpoint, resolve_device
+from videomamba_depth.inference import AnchoringConfig, StreamingDepth, load_checkpoint
 from videomamba_depth.metrics import ALIGNMENTS, Alignment, aggregate
 from videomamba_depth.models import build_student
 from videomamba_depth.zarrio import atomic_directory, atomic_file
@@ -134,7 +135,7 @@ def evaluate(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if config.device != "cuda":
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-    model, _ = load_checkpoint(checkpoint, resolve_device(config.device))
+    model, _ = load_checkpoint(checkpoint, resolve_device(config.device, "evaluate.device"))
     streaming = StreamingDepth(model, anchoring=config.anchoring)
     per_frame = StreamingDepth(model, reset_every_frame=True)
     with torch.random.fork_rng(devices=[]):

@@ -8,7 +8,7 @@
 """
 
 from videomamba_depth.inference.anchoring import AnchoringConfig, Keyframe, KeyframeAnchor, describe
-from videomamba_depth.inference.predictor import StreamingDepth, load_checkpoint, resolve_device
+from videomamba_depth.inference.predictor import StreamingDepth, load_checkpoint
 
 __all__ = [
     "AnchoringConfig",
@@ -17,5 +17,4 @@ __all__ = [
     "StreamingDepth",
     "describe",
     "load_checkpoint",
-    "resolve_device",
 ]

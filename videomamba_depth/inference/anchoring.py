@@ -13,7 +13,7 @@ an exponential moving average; any larger change of view resets the average, so 
 through untouched.
 
 Memory stays bounded: at most ``max_keyframes`` snapshots (the oldest is dropped), each the size of the
-states (``StudentStates.nbytes()``).
+states (``StudentStates.nbytes``).
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ class KeyframeAnchor:
             self.keyframes.append(Keyframe(self.frame, states.clone(), self.current, float(self.ema)))
         return depth
 
+    @property
     def nbytes(self) -> int:
         """Memory held by the keyframe snapshots, bytes."""
-        return sum(k.states.nbytes() + k.descriptor.nbytes for k in self.keyframes)
+        return sum(k.states.nbytes + k.descriptor.nbytes for k in self.keyframes)

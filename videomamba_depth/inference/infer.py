@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from videomamba_depth.camera import IntrinsicsError, ResizePad, backproject
 from videomamba_depth.config import StageConfig
+from videomamba_depth.devices import resolve_device
 from videomamba_depth.inference.anchoring import AnchoringConfig
 from videomamba_depth.inference.intrinsics import estimated, load_given
 from videomamba_depth.inference.ply import write_ply
-from videomamba_depth.inference.predictor import StreamingDepth, load_checkpoint, resolve_device
+from videomamba_depth.inference.predictor import StreamingDepth, load_checkpoint
 from videomamba_depth.prepare import resize_pad
 from videomamba_depth.provenance import file_sha256, provenance
 from videomamba_depth.video.reader import open_video
@@ -141,7 +142,7 @@ def infer_video(
     """
     video, out = Path(video), Path(out)
     preview = None if preview is None else Path(preview)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "--device")
     # Everything that can reject the inputs runs before any output is created.
     model, checkpoint_info = load_checkpoint(checkpoint, device)
     with open_video(video, config.video_backend) as source, ExitStack() as stack:

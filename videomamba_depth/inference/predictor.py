@@ -18,15 +18,6 @@ from videomamba_depth.models import StudentStates, VideoMambaDepth, load_student
 from videomamba_depth.provenance import file_sha256
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested, but torch sees no CUDA device; use auto or cpu")
-    return torch.device(name)
-
-
 def load_checkpoint(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[VideoMambaDepth, dict[str, Any]]:
@@ -112,5 +103,5 @@ class StreamingDepth:
 
     def state_nbytes(self) -> int:
         """Bytes held by the stream's memory: SSM states and keyframe snapshots (0 before the first frame)."""
-        held = 0 if self.states is None else self.states.nbytes()
-        return held + (0 if self.anchor is None else self.anchor.nbytes())
+        held = 0 if self.states is None else self.states.nbytes
+        return held + (0 if self.anchor is None else self.anchor.nbytes)

@@ -18,9 +18,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from videomamba_depth.models.student import ModelConfig, VideoMambaDepth, build_student
+from videomamba_depth.zarrio import atomic_file
 
 FORMAT = "videomamba_depth.student"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+# The safetensors metadata key holding ``{"format", "format_version", "model_config"}`` as sorted JSON. One
+# key, because safetensors writes its metadata map in a random order per process: with several keys the
+# same weights gave different bytes from run to run.
+METADATA_KEY = "videomamba_depth"
 
 
 def unwrap_student(model: nn.Module) -> VideoMambaDepth:
@@ -39,15 +44,14 @@ def unwrap_student(model: nn.Module) -> VideoMambaDepth:
 
 
 def save_student(path: str | Path, model: nn.Module) -> None:
-    """Write the model's weights and config to ``path`` (``.safetensors``)."""
+    """Write the model's weights and config to ``path`` (``.safetensors``), atomically (temporary name, then
+    rename: a kill mid-write leaves the previous file)."""
     student = unwrap_student(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": json.dumps(student.config.to_dict(), sort_keys=True),
-    }
-    save_file(tensors, str(path), metadata=metadata)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": student.config.to_dict()}
+    metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_student(
@@ -62,19 +66,22 @@ def load_student(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: student model file not found")
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT or "model_config" not in metadata:
+        try:
+            header = json.loads((f.metadata() or {})[METADATA_KEY])
+        except (KeyError, ValueError):
+            header = {}
+        if header.get("format") != FORMAT or "model_config" not in header:
             raise ValueError(
-                f"{path}: not a VideoMambaDepth student file (metadata format "
-                f"{metadata.get('format')!r}, expected {FORMAT!r})"
+                f"{path}: not a VideoMambaDepth student file (no {METADATA_KEY!r} metadata with format "
+                f"{FORMAT!r}; saved by save_student?)"
             )
-        if metadata.get("format_version") != FORMAT_VERSION:
+        if header.get("format_version") != FORMAT_VERSION:
             raise ValueError(
-                f"{path}: student file format version {metadata.get('format_version')!r}, this code "
+                f"{path}: student file format version {header.get('format_version')!r}, this code "
                 f"reads version {FORMAT_VERSION}"
             )
         state = {key: f.get_tensor(key) for key in f.keys()}
-    values = {**json.loads(metadata["model_config"]), **(overrides or {})}
+    values = {**header["model_config"], **(overrides or {})}
     config = ModelConfig.from_dict(values, where=f"{path} model_config")
     model = build_student(config, pretrained=False)
     model.load_state_dict(state, strict=True)

@@ -77,6 +77,7 @@ class StudentStates:
             )
         return self._map(lambda state, size: state.reset(batch_token_mask(batch_mask, *size)))
 
+    @property
     def nbytes(self) -> int:
         """Memory held by the states, in bytes."""
         return sum(state.nbytes for state in self.scales)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from videomamba_depth.devices import resolve_device
 from videomamba_depth.provenance import file_sha256
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext
 
@@ -41,17 +42,6 @@ def _import_unidepth() -> type:
     except ImportError as exc:
         raise ImportError(f"{INSTALL_HINT}\n(import failed: {exc})") from exc
     return UniDepthV2
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("teacher.device=cuda but torch sees no CUDA device; use device auto or cpu")
-    return name
 
 
 def weights_id(weights: str) -> str:
@@ -94,7 +84,7 @@ class UniDepthTeacher(Teacher):
     @classmethod
     def from_config(cls, cfg: TeacherConfig, video: VideoContext) -> UniDepthTeacher:
         UniDepthV2 = _import_unidepth()
-        device = resolve_device(cfg.device)
+        device = str(resolve_device(cfg.device, "teacher.device"))
         model = UniDepthV2.from_pretrained(cfg.weights)
         # infer() reads these attributes: the processed image area is the resolution_level-th tenth of the
         # training range (0.2-0.6 MP for the ViT models); outputs are resampled back bilinearly.

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from videomamba_depth.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -31,20 +33,11 @@ class Distributed:
             dist.barrier()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; set train.device: cpu")
-    return torch.device(device)
-
-
 def setup(device: str) -> Distributed:
     """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA); pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    resolved = resolve_device(device)
+    resolved = resolve_device(device, "train.device")
     if resolved.type == "cuda":
         resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(resolved)

@@ -5,7 +5,9 @@ Outputs (``out_dir``, default ``data/train``):
 - ``model_final.safetensors``: weights after the last step; ``model_best.safetensors``: weights at the
   validation with the lowest teacher log-L1 on the held-out tail frames of the training videos.
 - ``config.json``: the resolved train config.
-- ``state/state.pt``: resumable state (DVC keeps it between runs: ``persist: true``).
+- ``state/state.pt``: resumable state, and ``state/best.safetensors``: the best weights so far (DVC keeps
+  both between runs: ``persist: true``). A state is resumed only by a run with the same params, process
+  count and library code (:func:`~videomamba_depth.training.checkpoint.code_fingerprint`).
 - ``dvclive/``: metrics.json (summary), plots/metrics/*.tsv (curves), plots/images/*.png.
 """
 
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,14 +33,23 @@ from tqdm import tqdm
 
 from videomamba_depth.losses import DistillationLoss
 from videomamba_depth.models import VideoMambaDepth, build_student, save_student
-from videomamba_depth.training.checkpoint import load_state, rng_state, save_state, set_rng_state
+from videomamba_depth.training.checkpoint import (
+    code_fingerprint,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from videomamba_depth.training.config import TrainConfig
 from videomamba_depth.training.data import ClipDataset, Item, StepPlan, collate, find_videos, usage_notes
 from videomamba_depth.training.distributed import Distributed, setup, teardown
 from videomamba_depth.viz import colorize, robust_range
+from videomamba_depth.zarrio import atomic_file
 
 OUT_DIR = Path("data/train")
 BEST_METRIC = "val/log_l1"
+# The best weights so far, next to the resumable state (both persist between DVC runs).
+BEST_FILE = "best.safetensors"
 
 
 @dataclass(frozen=True)
@@ -98,9 +110,12 @@ class _Trainer:
         )
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step, self.best_metric = 0, math.inf
-        # What a resumable state must match: the params that change results, and the number of processes
-        # (it sets the global batch and each rank's share).
-        self.run_identity = {**config.run_identity(), "world_size": context.world_size}
+        # What a resumable state must match: the params that change results, the number of processes (it
+        # sets the global batch and each rank's share) and the library code (DVC re-runs this stage after a
+        # code change; resuming a finished state then would return the old weights).
+        self.run_identity = {
+            **config.run_identity(), "world_size": context.world_size, "code": code_fingerprint()
+        }
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> TrainResult:
@@ -275,8 +290,9 @@ class _Trainer:
             live.log_metric(name, value)
         if metrics[BEST_METRIC] < self.best_metric:
             self.best_metric = metrics[BEST_METRIC]
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_student(self.out_dir / "model_best.safetensors", self.model)
+            # Kept with the resumable state (DVC deletes model_best before re-running the stage, and a
+            # resumed run may not see this validation again); copied to model_best at the end.
+            save_student(self._best_in_state, self.model)
         live.make_summary()
         return metrics
 
@@ -325,6 +341,8 @@ class _Trainer:
         if self.ctx.is_main:
             print(message, file=sys.stderr)
         if state is None:
+            if self.ctx.is_main:  # best weights of another run must not become this run's model_best
+                self._best_in_state.unlink(missing_ok=True)
             return None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -372,9 +390,16 @@ class _Trainer:
         if self.ctx.is_main:
             print(f"DDP: {self.ctx.world_size} replicas hold identical weights", file=sys.stderr)
 
+    @property
+    def _best_in_state(self) -> Path:
+        return self.out_dir / "state" / BEST_FILE
+
     def _write_outputs(self, live: object) -> None:
         save_student(self.out_dir / "model_final.safetensors", self.model)
         if math.isinf(self.best_metric):  # never validated (no video has validation frames): best = final
             save_student(self.out_dir / "model_best.safetensors", self.model)
+        else:
+            with atomic_file(self.out_dir / "model_best.safetensors") as tmp:
+                shutil.copyfile(self._best_in_state, tmp)
         (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         live.end()
