@@ -9,9 +9,9 @@ what training bought. All are scored against ground truth where the prepared sto
 synthetic set), else against the teacher (:mod:`.scoring`). Outputs in ``out_dir`` (``data/evaluate``):
 
 - ``metrics.json`` (DVC metrics): ``headline`` (student / teacher ratios on the metric alignment ``none``
-  and a boolean per criterion), ``aggregate`` (mean over videos) and ``videos`` (per video), each
-  ``{alignment: {method: {metric: value}}}`` (methods: ``METHODS``) plus ``floor`` (the ground truth's
-  own temporal metrics);
+  and a boolean per criterion) and ``aggregate`` (mean over videos), ``{alignment: {method: {metric:
+  value}}}`` (methods: ``METHODS``) plus ``floor`` (the ground truth's own temporal metrics);
+- ``videos.json``: the same per video (kept out of the DVC metrics, whose tables it would swamp);
 - ``plots/<curve>/<video>.csv`` (DVC plots): ``abs_rel`` per frame, ``jitter`` and ``tae`` per frame pair,
   ``drift`` (per-frame scale to the reference), ``change_histogram`` (frame-to-frame relative changes on
   static pixels); a column per method (and ``ground_truth``);
@@ -131,7 +131,8 @@ def evaluate(
     data_dir: str | Path = "data",
     out_dir: str | Path = "data/evaluate",
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``config.videos`` (stores under ``data_dir``); write and return metrics."""
+    """Evaluate ``checkpoint`` on ``config.videos`` (stores under ``data_dir``); write the outputs and return
+    the metrics: ``metrics.json``'s content plus ``videos`` (``videos.json``'s)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if config.device != "cuda":
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
@@ -168,8 +169,10 @@ def evaluate(
                 for curve, rows in result.plots.items():
                     _write_csv(plots / curve / f"{name}.csv", rows)
     metrics = _metrics(results, config)
-    with atomic_file(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    summary = {k: v for k, v in metrics.items() if k != "videos"}
+    for name, content in (("videos.json", metrics["videos"]), ("metrics.json", summary)):
+        with atomic_file(out_dir / name) as tmp:
+            tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
     return metrics
 
 
