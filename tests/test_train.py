@@ -308,7 +308,7 @@ def test_changed_code_starts_fresh_and_drops_the_old_best(project, capsys, monke
     train(config(steps=3, val_every=3))
     best = project / "data" / "train" / "state" / "best.safetensors"
     assert best.is_file()
-    monkeypatch.setattr("videomamba_depth.training.loop.code_fingerprint", lambda: "edited library")
+    monkeypatch.setattr("videomamba_depth.training.loop.code_fingerprint", lambda module: "edited library")
     monkeypatch.setattr("videomamba_depth.training.loop._Trainer._validate", lambda self, live: {})
     capsys.readouterr()
     train(config(steps=3, val_every=3))

@@ -8,7 +8,6 @@ are converted (:func:`rng_state`): numpy's generator state becomes a tensor plus
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from pathlib import Path
@@ -47,18 +46,6 @@ def load_state(directory: Path, run_identity: dict[str, Any]) -> tuple[dict[str,
         changed = sorted(k for k in saved.keys() | run_identity.keys() if saved.get(k) != run_identity.get(k))
         return None, f"{path}: saved by a run with other params ({', '.join(changed)}): starting fresh"
     return state, f"resuming from {path} at step {state['step']}"
-
-
-def code_fingerprint() -> str:
-    """sha256 of every ``.py`` file of the installed ``videomamba_depth`` package (relative path + content).
-
-    Identifies the library code a result was computed with; any edit changes it.
-    """
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

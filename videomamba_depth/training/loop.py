@@ -7,7 +7,8 @@ Outputs (``out_dir``, default ``data/train``):
 - ``config.json``: the resolved train config.
 - ``state/state.pt``: resumable state, and ``state/best.safetensors``: the best weights so far (DVC keeps
   both between runs: ``persist: true``). A state is resumed only by a run with the same params, process
-  count and library code (:func:`~videomamba_depth.training.checkpoint.code_fingerprint`).
+  count and library code: the files this module can import
+  (:func:`videomamba_depth.codehash.code_fingerprint`).
 - ``dvclive/``: metrics.json (summary), plots/metrics/*.tsv (curves), plots/images/*.png.
 """
 
@@ -31,15 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from videomamba_depth.codehash import code_fingerprint
 from videomamba_depth.losses import DistillationLoss
 from videomamba_depth.models import VideoMambaDepth, build_student, save_student
-from videomamba_depth.training.checkpoint import (
-    code_fingerprint,
-    load_state,
-    rng_state,
-    save_state,
-    set_rng_state,
-)
+from videomamba_depth.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from videomamba_depth.training.config import TrainConfig
 from videomamba_depth.training.data import ClipDataset, Item, StepPlan, collate, find_videos, usage_notes
 from videomamba_depth.training.distributed import Distributed, setup, teardown
@@ -114,7 +110,7 @@ class _Trainer:
         # sets the global batch and each rank's share) and the library code (DVC re-runs this stage after a
         # code change; resuming a finished state then would return the old weights).
         self.run_identity = {
-            **config.run_identity(), "world_size": context.world_size, "code": code_fingerprint()
+            **config.run_identity(), "world_size": context.world_size, "code": code_fingerprint(__name__)
         }
 
     # ------------------------------------------------------------------------------------------------ run
