@@ -11,9 +11,9 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from bench.common import RESULTS
+
 # Pipeline order: data stages, then the model, training and streaming inference.
 BENCHMARKS = (
     "bench_synth",

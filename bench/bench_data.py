@@ -18,7 +18,6 @@ bench/results/bench_data.{json,md}.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -32,7 +31,7 @@ import av
 import numpy as np
 import yaml
 
-from bench.timing import call_seconds
+from bench.common import call_seconds, write_results
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.prepare import PrepareConfig, prepare_video
@@ -41,7 +40,6 @@ from videomamba_depth.video.writer import write_mp4
 from videomamba_depth.zarrio import TimeWriter, create_time_array, open_store, writing_store
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 REPEATS = 3
 CLIPS = {"256x192": (300, 192, 256), "1280x720": (60, 720, 1280)}
 
@@ -212,11 +210,7 @@ def main() -> None:
             "zarr_io": bench_zarr_io(work),
             "dvc": bench_dvc_noop(work),
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_data.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = to_markdown(results)
-    (RESULTS / "bench_data.md").write_text(markdown)
-    print(markdown)
+    write_results("bench_data", results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from bench.common import write_results
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.flow import DISBackend, FlowConfig, RAFTBackend, compute_flow_store, import_ptlflow
@@ -44,7 +44,6 @@ from videomamba_depth.synth import SynthConfig, write_synth_video
 from videomamba_depth.teacher import TeacherConfig, run_teacher
 from videomamba_depth.zarrio import open_store
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
@@ -236,10 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         results = run(args.frames, args.repeats)
         table = markdown(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(table)
-    print(table)
+    write_results(name, results, table)
 
 
 if __name__ == "__main__":

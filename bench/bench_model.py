@@ -20,14 +20,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from bench.timing import call_seconds
+from bench.common import call_seconds, write_results
 from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CLIP = (2, 8, 3, 168, 224)  # batch, frames, channels, height, width
 FOCAL = 170.0  # px, a typical focal of the prepared synthetic frames
 
@@ -99,8 +97,6 @@ def main() -> None:
         "state_bytes_per_stream": states.nbytes,
     }
     print(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_model.json").write_text(json.dumps(result, indent=2) + "\n")
     parts = ", ".join(f"{k} {v / 1e6:.3f} M" for k, v in params.items() if k != "total")
     md = [
         "# bench_model",
@@ -119,7 +115,7 @@ def main() -> None:
         f"| state per stream | {result['state_bytes_per_stream'] / 2**20:.2f} MiB |",
         "",
     ]
-    (RESULTS / "bench_model.md").write_text("\n".join(md))
+    write_results("bench_model", result, "\n".join(md))
 
 
 if __name__ == "__main__":

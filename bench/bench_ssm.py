@@ -17,20 +17,16 @@ bench/results/bench_ssm.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.timing import call_seconds
+from bench.common import call_seconds, write_results
 from videomamba_depth.ssm import TemporalMambaScale, ssd_scan, ssd_scan_ref
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 NUM_TOKENS = 2 * 12 * 16  # batch 2, coarsest feature map 12 x 16
 SCALE_ARGS = {"dim": 64, "num_blocks": 2, "d_state": 16, "expand": 2, "headdim": 32}  # 4 heads of 32
@@ -248,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         "state_memory": state_memory(),
     }
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_ssm.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "bench_ssm.md").write_text(markdown(results))
+    write_results("bench_ssm", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import psutil
 import torch
 from torch import nn
 
-from bench.timing import call_seconds
+from bench.common import call_seconds, write_results
 from videomamba_depth.camera import ResizePad
 from videomamba_depth.inference import StreamingDepth
 from videomamba_depth.inference.intrinsics import unidepth_available
@@ -48,7 +48,6 @@ from videomamba_depth.prepare import resize_pad
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
 from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = (100, 1_000, 10_000)
 POOL = 24  # rendered frames cycled to make any length
 LONG_EDGE, PAD_MULTIPLE = 224, 14  # the prepare defaults: 256 x 192 -> 224 x 168
@@ -220,8 +219,6 @@ def main() -> None:
         "per_frame_cost": cost,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_stream.json").write_text(json.dumps(result, indent=2) + "\n")
     width, height = cost["resolution"]
     md = [
         "# bench_stream",
@@ -246,7 +243,7 @@ def main() -> None:
         f"{cost['student_over_teacher']:.2f}.",
         "",
     ]
-    (RESULTS / "bench_stream.md").write_text("\n".join(md))
+    write_results("bench_stream", result, "\n".join(md))
 
 
 if __name__ == "__main__":

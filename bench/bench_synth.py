@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -23,10 +22,9 @@ from pathlib import Path
 
 import psutil
 
+from bench.common import write_results
 from videomamba_depth.config import load_section
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene, write_synth_video
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def render_fps(config: SynthConfig, seeds: list[int], frames: int) -> float:
@@ -126,11 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_section(SynthConfig, "synth")
     results = run(config, args.frames, args.stream)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_synth.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (RESULTS / "bench_synth.md").write_text(text)
-    print(text)
+    write_results("bench_synth", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ as not available with the reason.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_results
 from videomamba_depth.camera import ResizePad, make_K
 from videomamba_depth.config import load_section
 from videomamba_depth.teacher import TeacherConfig, run_teacher
 from videomamba_depth.teacher.run import build_teacher, open_prepared
 from videomamba_depth.zarrio import create_static_array, create_time_array, writing_store
 
-RESULTS = Path(__file__).parent / "results"
 WIDTH, HEIGHT, FRAMES = 224, 168, 96
 UNIDEPTH_FRAMES = 4  # CPU inference of a ViT is slow: a few frames give a stable per-frame time
 
@@ -113,13 +112,11 @@ def main() -> dict:
             results["backends"]["unidepth"] = {"status": reason.splitlines()[0][:200]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_results(results)
+    write_results("bench_teacher", results, markdown(results))
     return results
 
 
-def write_results(results: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_teacher.json").write_text(json.dumps(results, indent=2) + "\n")
+def markdown(results: dict) -> str:
     rows = ["| what | frames/s (CPU) | notes |", "|---|---|---|"]
     for name, r in results["backends"].items():
         fps = r.get("frames_per_s", "—")
@@ -131,8 +128,7 @@ def write_results(results: dict) -> None:
                 f"(uncompressed {s['raw_bytes_per_frame'] / 1024:.1f} KiB) |")
     size = "x".join(map(str, results["size"]))
     text = f"# Teacher benchmark ({size} prepared frames, {results['cpu_threads']} CPU threads)\n\n"
-    (RESULTS / "bench_teacher.md").write_text(text + "\n".join(rows) + "\n")
-    print(text + "\n".join(rows))
+    return text + "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

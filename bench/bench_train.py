@@ -13,7 +13,6 @@ Results: ``bench/results/bench_train.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from bench.common import write_results
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.flow import FlowConfig, compute_flow_store
@@ -34,7 +34,6 @@ from videomamba_depth.synth.export import write_synth_video
 from videomamba_depth.teacher import TeacherConfig, run_teacher
 from videomamba_depth.training import ClipDataset, StepPlan, TrainConfig, collate, find_videos, train
 
-RESULTS = Path(__file__).parent / "results"
 VIDEOS = ("bench_a", "bench_b")
 
 
@@ -153,8 +152,6 @@ def main(argv: list[str] | None = None) -> None:
         "default_run_estimate_s": base.steps * step_s,
         "input_build_s": setup_s,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_train.json").write_text(json.dumps(results, indent=2) + "\n")
     md = "\n".join(
         [
             "# bench_train",
@@ -174,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
     )
-    (RESULTS / "bench_train.md").write_text(md)
-    print(md)
+    write_results("bench_train", results, md)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""Helpers every benchmark uses: one timing loop and one way to write results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def call_seconds(fn: Callable[[], object], repeats: int, warm_up: int = 1) -> list[float]:
+    """Wall time of each of ``repeats`` calls of ``fn``, after ``warm_up`` untimed calls, seconds."""
+    for _ in range(warm_up):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def write_results(name: str, results: dict, markdown: str) -> None:
+    """``bench/results/<name>.json`` (the numbers) and ``<name>.md`` (the table the README quotes); prints
+    the table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
