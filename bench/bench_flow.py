@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import write_results
+from bench.common import call_seconds, write_results
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.flow import DISBackend, FlowConfig, RAFTBackend, compute_flow_store, import_ptlflow
@@ -63,13 +63,11 @@ def make_inputs(root: Path, num_frames: int) -> tuple[Path, Path]:
 
 def time_backend(backend, frames: np.ndarray, repeats: int) -> float:
     """Best-of-``repeats`` frames/s of forward + backward flow over all consecutive pairs of ``frames``."""
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def both_ways() -> None:
         backend.flow(frames[:-1], frames[1:])
         backend.flow(frames[1:], frames[:-1])
-        best = min(best, time.perf_counter() - start)
-    return (len(frames) - 1) / best
+
+    return (len(frames) - 1) / min(call_seconds(both_ways, repeats, warm_up=0))
 
 
 def store_bytes(path: Path) -> dict[str, int]:

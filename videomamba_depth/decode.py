@@ -53,7 +53,7 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
     K = load_intrinsics(entry.intrinsics) if entry.intrinsics is not None else None
     with open_video(entry.video, config.backend, folder_fps=config.folder_fps) as source:
         if K is not None:
-            _check_K_matches_video(K, entry.intrinsics, source)
+            check_K_matches_video(K, entry.intrinsics, source)
         attrs = {
             "fps": source.fps,
             "original_size": list(source.size),
@@ -99,7 +99,7 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
     return out
 
 
-def _check_K_matches_video(K: np.ndarray, path: str, source: VideoSource) -> None:
+def check_K_matches_video(K: np.ndarray, path: str, source: VideoSource) -> None:
     """Catch intrinsics meant for another resolution (or video) before decoding anything."""
     width, height = source.size
     declared = _declared_size(path)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from videomamba_depth.camera import load_intrinsics, make_K, validate_K
-from videomamba_depth.decode import _check_K_matches_video
+from videomamba_depth.decode import check_K_matches_video
 from videomamba_depth.provenance import file_sha256
 from videomamba_depth.video.reader import VideoSource
 
@@ -83,7 +83,7 @@ def estimate_K_unidepth(frames: np.ndarray, weights: str, device: str) -> np.nda
 def load_given(path: str | Path, source: VideoSource) -> Intrinsics:
     """Intrinsics from a file, checked against the video's size and frame count."""
     K = load_intrinsics(path)
-    _check_K_matches_video(K, str(path), source)
+    check_K_matches_video(K, str(path), source)
     info = {"source": "given", "file": Path(path).name, "sha256": file_sha256(path)}
     if K.ndim == 2:
         info["K"] = K.tolist()
