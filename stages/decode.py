@@ -1,20 +1,23 @@
-"""Stage ``decode@<name>``: decode manifest video ``<name>`` into ``data/frames/<name>.zarr``."""
+"""Stage ``decode``: every manifest video -> ``data/frames/<name>.zarr`` (up-to-date stores are skipped)."""
 
 import argparse
 
 from videomamba_depth.config import load_params, load_section
-from videomamba_depth.decode import KIND, DecodeConfig, decode_video
-from videomamba_depth.manifest import load_manifest_entry, store_path
+from videomamba_depth.decode import KIND, DecodeConfig, decode_tasks
+from videomamba_depth.manifest import DATA_DIR, load_manifest, select_videos
+from videomamba_depth.pervideo import run_videos
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="video name: a key of 'videos' in params.yaml")
+    parser.add_argument("names", nargs="*", help="videos to decode (default: every video in 'videos')")
     args = parser.parse_args(argv)
     params = load_params()
-    entry = load_manifest_entry(args.name, params)
+    manifest = select_videos(load_manifest(params), args.names)
     config = load_section(DecodeConfig, "decode", params)
-    decode_video(entry, store_path(KIND, args.name), config, name=args.name)
+    tasks = decode_tasks(manifest, config)
+    run_videos("decode", tasks, code_module="videomamba_depth.decode",
+               root=DATA_DIR / KIND, prune=not args.names)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,23 @@
-"""DVC stage ``flow@<video>``: data/prepared + data/teacher/<video>.zarr -> data/flow/<video>.zarr."""
-
-from __future__ import annotations
+"""Stage ``flow``: every ``data/prepared`` + ``data/teacher/<name>.zarr`` -> ``data/flow/<name>.zarr``."""
 
 import argparse
 
-from videomamba_depth.config import load_section
-from videomamba_depth.flow import FlowConfig, compute_flow_store
-from videomamba_depth.manifest import load_manifest_entry, store_path
+from videomamba_depth.config import load_params, load_section
+from videomamba_depth.flow import FlowConfig, flow_tasks
+from videomamba_depth.manifest import DATA_DIR, load_manifest, select_videos
+from videomamba_depth.pervideo import run_videos
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("video", help="video name (a key of `videos` in params.yaml)")
+    parser.add_argument("names", nargs="*", help="videos to run (default: every video in 'videos')")
     args = parser.parse_args(argv)
-    load_manifest_entry(args.video)  # only checks the name: flow reads nothing from the entry itself
-    cfg = load_section(FlowConfig, "flow")
-    compute_flow_store(
-        store_path("prepared", args.video),
-        store_path("teacher", args.video),
-        store_path("flow", args.video),
-        cfg,
-        video=args.video,
-    )
+    params = load_params()
+    names = list(select_videos(load_manifest(params), args.names))
+    config = load_section(FlowConfig, "flow", params)
+    tasks = flow_tasks(names, config)
+    run_videos("flow", tasks, code_module="videomamba_depth.flow",
+               root=DATA_DIR / "flow", prune=not args.names)
 
 
 if __name__ == "__main__":

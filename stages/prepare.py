@@ -1,23 +1,23 @@
-"""Stage ``prepare@<name>``: resize + pad ``data/frames/<name>.zarr`` into ``data/prepared/<name>.zarr``."""
+"""Stage ``prepare``: resize + pad every ``data/frames/<name>.zarr`` into ``data/prepared/<name>.zarr``."""
 
 import argparse
 
 from videomamba_depth.config import load_params, load_section
-from videomamba_depth.manifest import load_manifest_entry, store_path
-from videomamba_depth.prepare import KIND, PrepareConfig, prepare_video
+from videomamba_depth.manifest import DATA_DIR, load_manifest, select_videos
+from videomamba_depth.pervideo import run_videos
+from videomamba_depth.prepare import KIND, PrepareConfig, prepare_tasks
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="video name: a key of 'videos' in params.yaml")
+    parser.add_argument("names", nargs="*", help="videos to prepare (default: every video in 'videos')")
     args = parser.parse_args(argv)
     params = load_params()
-    entry = load_manifest_entry(args.name, params)
+    manifest = select_videos(load_manifest(params), args.names)
     config = load_section(PrepareConfig, "prepare", params)
-    prepare_video(
-        store_path("frames", args.name), store_path(KIND, args.name), config, ground_truth=entry.ground_truth,
-        name=args.name,
-    )
+    tasks = prepare_tasks(manifest, config)
+    run_videos("prepare", tasks, code_module="videomamba_depth.prepare",
+               root=DATA_DIR / KIND, prune=not args.names)
 
 
 if __name__ == "__main__":

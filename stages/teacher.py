@@ -1,22 +1,23 @@
-"""DVC stage ``teacher@<video>``: data/prepared/<video>.zarr -> data/teacher/<video>.zarr."""
-
-from __future__ import annotations
+"""Stage ``teacher``: every ``data/prepared/<name>.zarr`` -> ``data/teacher/<name>.zarr`` (metric depth)."""
 
 import argparse
 
 from videomamba_depth.config import load_params, load_section
-from videomamba_depth.manifest import load_manifest_entry, store_path
-from videomamba_depth.teacher import TeacherConfig, run_teacher
+from videomamba_depth.manifest import DATA_DIR, load_manifest, select_videos
+from videomamba_depth.pervideo import run_videos
+from videomamba_depth.teacher import TeacherConfig, teacher_tasks
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("video", help="video name: a key of 'videos' in params.yaml")
+    parser.add_argument("names", nargs="*", help="videos to run (default: every video in 'videos')")
     args = parser.parse_args(argv)
     params = load_params()
-    load_manifest_entry(args.video, params)  # checks the name; the prepared store holds all the teacher needs
-    cfg = load_section(TeacherConfig, "teacher", params)
-    run_teacher(cfg, store_path("prepared", args.video), store_path("teacher", args.video), video=args.video)
+    names = list(select_videos(load_manifest(params), args.names))
+    config = load_section(TeacherConfig, "teacher", params)
+    tasks = teacher_tasks(names, config)
+    run_videos("teacher", tasks, code_module="videomamba_depth.teacher",
+               root=DATA_DIR / "teacher", prune=not args.names)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 
 from videomamba_depth.config import ConfigError, load_params, load_section
 from videomamba_depth.decode import DecodeConfig
-from videomamba_depth.manifest import VideoEntry, load_manifest, load_manifest_entry, store_path
+from videomamba_depth.manifest import VideoEntry, load_manifest, select_videos, store_path
 from videomamba_depth.prepare import PrepareConfig
 
 PARAMS = {
@@ -16,25 +16,28 @@ PARAMS = {
 }
 
 
+GOOD = {"videos": {k: v for k, v in PARAMS["videos"].items() if k != "broken"}}
+
+
 def test_entries_and_defaults():
-    expected = VideoEntry("videos/kitchen.mp4", "videos/kitchen.json", None)
-    assert load_manifest_entry("kitchen", PARAMS) == expected
-    walk = load_manifest_entry("walk", PARAMS)
+    manifest = load_manifest(GOOD)
+    assert manifest["kitchen"] == VideoEntry("videos/kitchen.mp4", "videos/kitchen.json", None)
+    walk = manifest["walk"]
     assert walk.video == "videos/walk_frames" and walk.intrinsics is None and walk.ground_truth is None
 
 
-def test_unknown_name_lists_known_names():
-    message = r"no video named 'garden' in 'videos'; known videos: kitchen, walk, broken"
-    with pytest.raises(ConfigError, match=message):
-        load_manifest_entry("garden", PARAMS)
+def test_select_videos_keeps_manifest_order_and_lists_known_names():
+    manifest = load_manifest(GOOD)
+    assert list(select_videos(manifest, [])) == ["kitchen", "walk"]
+    assert list(select_videos(manifest, ["walk", "kitchen"])) == ["kitchen", "walk"]
+    with pytest.raises(ConfigError, match=r"'garden' in 'videos'; known videos: kitchen, walk$"):
+        select_videos(manifest, ["garden"])
 
 
-def test_a_broken_entry_fails_alone():
+def test_a_broken_entry_stops_the_whole_manifest():
+    """A stage validates every entry before any work: no video is processed from a manifest with errors."""
     with pytest.raises(ConfigError, match=r"videos\.broken: unknown key\(s\) \['vidoe'\]"):
-        load_manifest_entry("broken", PARAMS)
-    with pytest.raises(ConfigError, match=r"videos\.broken"):
         load_manifest(PARAMS)
-    assert load_manifest_entry("walk", PARAMS).video == "videos/walk_frames"  # other entries still load
 
 
 @pytest.mark.parametrize(
@@ -43,6 +46,9 @@ def test_a_broken_entry_fails_alone():
         ({}, "'videos' must map video names to entries"),
         ({"videos": {"a": {"intrinsics": None}}}, r"videos\.a: missing required key 'video'"),
         ({"videos": {"a/b": {"video": "x.mp4"}}}, "video name 'a/b' must start with a letter or digit"),
+        ({"videos": {"../x": {"video": "x.mp4"}}}, r"video name '\.\./x' must start with a letter or digit"),
+        ({"videos": {"x;date": {"video": "x.mp4"}}}, "video name 'x;date' must start with a letter or digit"),
+        ({"videos": {"a b": {"video": "x.mp4"}}}, "video name 'a b' must start with a letter or digit"),
         ({"videos": {"a": {"video": 3}}}, r"videos\.a\.video: expected a string"),
     ],
 )

@@ -1,4 +1,5 @@
-"""The ``teacher`` DVC stage end to end: ``kill -9`` half-way, re-run, finished videos are not redone."""
+"""The ``teacher`` DVC stage end to end: ``kill -9`` half-way, re-run, finished videos are not redone, and the
+killed writer's partial store is cleaned up."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from test_teacher import scene, write_prepared
 
+from videomamba_depth.pervideo import stored_fingerprint
 from videomamba_depth.zarrio import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +45,9 @@ def _project(root: Path) -> dict[str, str]:
     return env
 
 
-def _locked_stages(root: Path) -> set[str]:
-    lock = root / "dvc.lock"
-    try:
-        return set((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
-    except (FileNotFoundError, yaml.YAMLError):  # not written yet, or caught mid-write
-        return set()
+def _finished(stores: Path) -> set[str]:
+    """Videos whose store is complete: in place and carrying its fingerprint (written last)."""
+    return {v for v in VIDEOS if stored_fingerprint(stores / f"{v}.zarr")}
 
 
 def _wait_gone(pgid: int, timeout: float = 30.0) -> None:
@@ -76,27 +75,28 @@ def test_kill_9_then_repro_resumes_without_redoing_or_corrupting(tmp_path):
                             start_new_session=True)
     stores = tmp_path / "data" / "teacher"
     try:
-        # Kill once one video is finished and locked and the next one is half-written.
+        # Kill once one video is finished and the next one is half-written.
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if _locked_stages(tmp_path) and list(stores.glob("*.partial-*")):
+            if _finished(stores) and list(stores.glob("*.partial-*")):
                 break
             time.sleep(0.01)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         _wait_gone(proc.pid)
-    done = _locked_stages(tmp_path)
-    assert done and len(done) < len(VIDEOS), f"kill did not land mid-run: locked {done}"
+    done = _finished(stores)
+    assert done and len(done) < len(VIDEOS), f"kill did not land mid-run: finished {done}"
     assert list(stores.glob("*.partial-*")), "kill did not land during a write"
-    inodes = {s: (stores / f"{s.split('@')[1]}.zarr" / "zarr.json").stat().st_ino for s in done}
+    inodes = {v: (stores / f"{v}.zarr" / "zarr.json").stat().st_ino for v in done}
 
     rerun = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    for s in done:
-        assert f"Stage '{s}' didn't change, skipping" in rerun.stdout
-        assert (stores / f"{s.split('@')[1]}.zarr" / "zarr.json").stat().st_ino == inodes[s]  # not rewritten
-    assert _locked_stages(tmp_path) == {f"teacher@{v}" for v in VIDEOS}
+    for v in done:
+        assert f"teacher: {v}: up to date" in rerun.stdout
+        assert (stores / f"{v}.zarr" / "zarr.json").stat().st_ino == inodes[v]  # not rewritten
+    assert {f"teacher: {v}: computed" for v in set(VIDEOS) - done} <= set(rerun.stdout.splitlines())
+    assert _finished(stores) == set(VIDEOS)
     for v in VIDEOS:
         g = open_store(stores / f"{v}.zarr", "teacher")
         assert g["depth"].shape[0] == NUM_FRAMES and g["valid"][-1].any()

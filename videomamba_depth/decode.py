@@ -1,4 +1,4 @@
-"""The ``decode`` stage: one manifest entry (video file or folder of frames) -> ``data/frames/<name>.zarr``.
+"""The ``decode`` stage: each manifest entry (video file or folder of frames) -> ``data/frames/<name>.zarr``.
 
 Frames are streamed from the decoder into the store one shard at a time, so memory stays bounded whatever
 the length or resolution of the video. Intrinsics are validated before any frame is decoded and stored as
@@ -8,7 +8,9 @@ given (per frame, original pixels), or marked missing.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -17,12 +19,14 @@ from tqdm import tqdm
 
 from videomamba_depth.camera import IntrinsicsError, load_intrinsics, per_frame_K
 from videomamba_depth.config import StageConfig
-from videomamba_depth.manifest import VideoEntry
+from videomamba_depth.manifest import VideoEntry, store_path
+from videomamba_depth.pervideo import VideoTask, path_digest
 from videomamba_depth.provenance import file_sha256, provenance
 from videomamba_depth.video.reader import DEFAULT_FOLDER_FPS, VideoSource, open_video
 from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
 KIND = "frames"
+PACKAGES = ("av", "decord", "opencv-python-headless")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,25 @@ class DecodeConfig(StageConfig):
     def __post_init__(self) -> None:
         if not self.folder_fps > 0:
             raise ValueError(f"folder_fps must be positive, got {self.folder_fps}")
+
+
+def decode_tasks(manifest: Mapping[str, VideoEntry], config: DecodeConfig) -> list[VideoTask]:
+    """One task per manifest entry; a task's fingerprint covers its entry, the params and the input files."""
+    return [
+        VideoTask(
+            name=name,
+            out=store_path(KIND, name),
+            inputs={
+                "entry": entry.to_dict(),
+                "config": config.to_dict(),
+                "video": path_digest(entry.video),
+                "intrinsics": path_digest(entry.intrinsics),
+            },
+            run=partial(decode_video, entry, store_path(KIND, name), config, name=name),
+            packages=PACKAGES,
+        )
+        for name, entry in manifest.items()
+    ]
 
 
 def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, name: str = "") -> Path:
@@ -68,9 +91,7 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
             },
             "ground_truth": entry.ground_truth,
             "decoder": {"backend": source.backend, "version": source.backend_version},
-            "provenance": provenance(
-                "decode", config, packages=("av", "decord", "opencv-python-headless"), backend=source.backend
-            ),
+            "provenance": provenance("decode", config, packages=PACKAGES, backend=source.backend),
         }
         with writing_store(out, KIND, attrs) as group:
             width, height = source.size

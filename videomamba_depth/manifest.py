@@ -8,14 +8,15 @@ Each entry names one video; the name is used for every output (``data/<stage>/<n
         intrinsics: videos/kitchen_K.json  # .json or .npy, (3,3) or per-frame (T,3,3), pixels; or null
         ground_truth: null                 # a ground-truth Zarr store (synthetic set), or null
 
-Per-video stages (``decode@<name>``, ``prepare@<name>``, ...) load their entry with
-:func:`load_manifest_entry` and find their stores with :func:`store_path`.
+The data stages (``decode``, ``prepare``, ...) validate every entry with :func:`load_manifest` before any
+work (names never reach ``dvc.yaml``: see :mod:`videomamba_depth.pervideo`) and find their stores with
+:func:`store_path`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from videomamba_depth.config import ConfigError, StageConfig, load_params
 
 MANIFEST_SECTION = "videos"
 DATA_DIR = Path("data")
-# Names become file names and DVC stage names (decode@<name>): no separators, spaces or leading dots.
+# Names become file names (data/<kind>/<name>.zarr): no separators, spaces, shell characters or leading dots.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -49,14 +50,24 @@ def load_manifest(params: Mapping[str, Any] | None = None) -> dict[str, VideoEnt
     return {str(name): _entry(str(name), value) for name, value in videos.items()}
 
 
-def load_manifest_entry(name: str, params: Mapping[str, Any] | None = None) -> VideoEntry:
-    """The entry ``videos.<name>``, validating only that entry (a broken entry never blocks another video)."""
-    videos = _videos(params)
-    if name not in videos:
+def select_videos(manifest: Mapping[str, VideoEntry], names: Sequence[str]) -> dict[str, VideoEntry]:
+    """The entries ``names`` of ``manifest`` (all of them when ``names`` is empty), in manifest order."""
+    unknown = [n for n in names if n not in manifest]
+    if unknown:
         raise ConfigError(
-            f"params.yaml: no video named {name!r} in '{MANIFEST_SECTION}'; known videos: {', '.join(videos)}"
+            f"params.yaml: no video named {', '.join(map(repr, unknown))} in '{MANIFEST_SECTION}'; "
+            f"known videos: {', '.join(manifest)}"
         )
-    return _entry(name, videos[name])
+    return {n: e for n, e in manifest.items() if not names or n in names}
+
+
+def check_name(name: str, what: str) -> None:
+    """Raise a :class:`ConfigError` unless ``name`` is a legal video name (see :data:`NAME_PATTERN`)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"{what} {name!r} must start with a letter or digit and contain only letters, digits, '_', '.' "
+            "and '-' (it becomes a file name)"
+        )
 
 
 def store_path(kind: str, name: str) -> Path:
@@ -73,9 +84,5 @@ def _videos(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 def _entry(name: str, value: Any) -> VideoEntry:
-    if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(
-            f"params.yaml: video name {name!r} must start with a letter or digit and contain only letters, "
-            "digits, '_', '.' and '-' (it becomes a file name)"
-        )
+    check_name(name, "params.yaml: video name")
     return VideoEntry.from_dict(value, where=f"{MANIFEST_SECTION}.{name}")

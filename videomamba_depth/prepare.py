@@ -8,7 +8,9 @@ resampled to the same geometry into the ``gt`` group (for evaluation only; train
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,8 @@ from tqdm import tqdm
 
 from videomamba_depth.camera import ResizePad
 from videomamba_depth.config import StageConfig
+from videomamba_depth.manifest import VideoEntry, store_path
+from videomamba_depth.pervideo import VideoTask, input_fingerprint
 from videomamba_depth.provenance import provenance
 from videomamba_depth.zarrio import (
     StoreError,
@@ -97,6 +101,21 @@ def resample_nearest(values: np.ndarray, geometry: ResizePad) -> np.ndarray:
     out = np.zeros((len(values), Hp, Wp, *values.shape[3:]), values.dtype)
     out[:, top : top + h, left : left + w] = values[:, rows[:, None], cols[None, :]]
     return out
+
+
+def prepare_tasks(manifest: Mapping[str, VideoEntry], config: PrepareConfig) -> list[VideoTask]:
+    """One task per manifest entry: ``data/frames/<name>.zarr`` (+ ground truth) -> ``data/prepared/``."""
+    tasks = []
+    for name, entry in manifest.items():
+        frames, out = store_path("frames", name), store_path(KIND, name)
+        inputs = {
+            "config": config.to_dict(),
+            "frames": input_fingerprint(frames),
+            "ground_truth": input_fingerprint(entry.ground_truth),
+        }
+        run = partial(prepare_video, frames, out, config, ground_truth=entry.ground_truth, name=name)
+        tasks.append(VideoTask(name=name, out=out, inputs=inputs, run=run))
+    return tasks
 
 
 def prepare_video(

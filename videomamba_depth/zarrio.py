@@ -45,7 +45,7 @@ MAX_SHARD_FRAMES = 1024
 SMALL_FRAME_BYTES = 1024
 
 PARTIAL_MARK = ".partial-"
-_REPLACED_MARK = ".replaced-"
+REPLACED_MARK = ".replaced-"
 
 
 class StoreError(ValueError):
@@ -81,7 +81,7 @@ def partial_path(path: Path) -> Path:
 def remove_stale_partials(path: Path) -> list[Path]:
     """Delete leftovers of interrupted writes of ``path`` (one writer per store is assumed)."""
     stale = sorted(path.parent.glob(f"{path.name}{PARTIAL_MARK}*")) + sorted(
-        path.parent.glob(f"{path.name}{_REPLACED_MARK}*")
+        path.parent.glob(f"{path.name}{REPLACED_MARK}*")
     )
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
@@ -108,7 +108,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = path.with_name(f"{path.name}{_REPLACED_MARK}{os.getpid()}")
+        old = path.with_name(f"{path.name}{REPLACED_MARK}{os.getpid()}")
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:

@@ -9,7 +9,7 @@
 
 from videomamba_depth.flow.backends import DISBackend, FlowBackend, RAFTBackend, import_ptlflow
 from videomamba_depth.flow.consistency import forward_backward_consistency
-from videomamba_depth.flow.pipeline import FlowConfig, compute_flow_store, make_backend
+from videomamba_depth.flow.pipeline import FlowConfig, compute_flow_store, flow_tasks, make_backend
 from videomamba_depth.flow.rigid import PoseEstimate, estimate_relative_pose, rigid_flow, static_mask
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "RAFTBackend",
     "compute_flow_store",
     "estimate_relative_pose",
+    "flow_tasks",
     "forward_backward_consistency",
     "import_ptlflow",
     "make_backend",

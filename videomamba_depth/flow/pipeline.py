@@ -21,7 +21,9 @@ arrays with zero pairs and ``num_pairs: 0``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +35,8 @@ from videomamba_depth.config import StageConfig
 from videomamba_depth.flow.backends import DISBackend, FlowBackend, RAFTBackend
 from videomamba_depth.flow.consistency import forward_backward_consistency
 from videomamba_depth.flow.rigid import estimate_relative_pose, rigid_flow, static_mask
+from videomamba_depth.manifest import store_path
+from videomamba_depth.pervideo import VideoTask, input_fingerprint
 from videomamba_depth.provenance import provenance
 from videomamba_depth.zarrio import (
     StoreError,
@@ -183,6 +187,25 @@ def _crop_K(K: np.ndarray, crop: tuple[slice, slice]) -> np.ndarray:
     return out
 
 
+BACKEND_PACKAGES = {"dis": ("opencv-python-headless",), "raft": ("opencv-python-headless", "ptlflow")}
+
+
+def flow_tasks(names: Iterable[str], cfg: FlowConfig) -> list[VideoTask]:
+    """One task per video: ``data/prepared`` + ``data/teacher/<name>.zarr`` -> ``data/flow/<name>.zarr``."""
+    tasks = []
+    for name in names:
+        prepared, teacher, out = (store_path(kind, name) for kind in ("prepared", "teacher", "flow"))
+        inputs = {
+            "config": cfg.to_dict(),
+            "prepared": input_fingerprint(prepared),
+            "teacher": input_fingerprint(teacher),
+        }
+        run = partial(compute_flow_store, prepared, teacher, out, cfg, video=name)
+        packages = BACKEND_PACKAGES[cfg.backend]
+        tasks.append(VideoTask(name=name, out=out, inputs=inputs, run=run, packages=packages))
+    return tasks
+
+
 def compute_flow_store(
     prepared_path: str | Path,
     teacher_path: str | Path,
@@ -204,7 +227,6 @@ def compute_flow_store(
     num_pairs = num_frames - 1
     ys, xs = inputs.crop
     K_crop = _crop_K(inputs.K, inputs.crop)
-    packages = ("opencv-python-headless", "ptlflow") if cfg.backend == "raft" else ("opencv-python-headless",)
     described = backend.describe()
     attrs = {
         "video": video,
@@ -213,7 +235,7 @@ def compute_flow_store(
         "num_pairs": num_pairs,
         "backend": described,
         "inputs": {"prepared": prepared_path.name, "teacher": teacher_path.name},
-        "provenance": provenance("flow", cfg, packages=packages, backend=described),
+        "provenance": provenance("flow", cfg, packages=BACKEND_PACKAGES[cfg.backend], backend=described),
     }
     poses, consistent_frac, static_frac, bad_depth = [], [], [], 0
     with writing_store(out_path, "flow", attrs) as group:

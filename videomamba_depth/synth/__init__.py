@@ -5,8 +5,10 @@ pose, K, forward flow, motion mask), and ``write_synth_video`` writes one video 
 stage (``video.mp4``, ``intrinsics.json``, ``gt.zarr``).
 """
 
-from videomamba_depth.synth.export import write_synth_video
+from videomamba_depth.synth.export import synth_tasks, write_synth_video
 from videomamba_depth.synth.render import Frame, render_frames
 from videomamba_depth.synth.scene import Scene, SynthConfig, sample_scene
 
-__all__ = ["Frame", "Scene", "SynthConfig", "render_frames", "sample_scene", "write_synth_video"]
+__all__ = [
+    "Frame", "Scene", "SynthConfig", "render_frames", "sample_scene", "synth_tasks", "write_synth_video",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import zarr
 from tqdm import tqdm
 
 from videomamba_depth.camera import save_intrinsics_json
+from videomamba_depth.pervideo import VideoTask
 from videomamba_depth.provenance import provenance
 from videomamba_depth.synth.render import render_frames
 from videomamba_depth.synth.scene import SynthConfig, sample_scene
@@ -22,6 +24,22 @@ VIDEO_FILE = "video.mp4"
 INTRINSICS_FILE = "intrinsics.json"
 GT_STORE = "gt.zarr"
 RENDERER = "videomamba_depth.synth (numpy ray caster)"
+
+
+def synth_tasks(config: SynthConfig, out_root: Path) -> list[VideoTask]:
+    """One task per ``config.videos`` entry, writing ``out_root/<name>/``; the fingerprint sits in gt.zarr."""
+    return [
+        VideoTask(
+            name=name,
+            out=out_root / name,
+            marker=out_root / name / GT_STORE,
+            # Only this video's seed: a change to another video's seed must not re-render this one.
+            inputs={"config": dataclasses.replace(config, videos={name: seed}).to_dict()},
+            run=partial(write_synth_video, out_root / name, config, name),
+            packages=("av",),
+        )
+        for name, seed in config.videos.items()
+    ]
 
 
 def write_synth_video(out_dir: str | Path, config: SynthConfig, name: str) -> Path:

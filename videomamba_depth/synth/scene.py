@@ -23,6 +23,7 @@ import numpy as np
 
 from videomamba_depth.camera import make_K
 from videomamba_depth.config import StageConfig
+from videomamba_depth.manifest import check_name
 from videomamba_depth.synth.geometry import (
     Body,
     CameraPath,
@@ -97,6 +98,8 @@ class SynthConfig(StageConfig):
     ambient: float = 0.5  # ambient share of the lighting (the rest is Lambertian from a ceiling light)
 
     def __post_init__(self) -> None:
+        for name in self.videos:
+            check_name(name, "videos: name")
         if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be positive and even, got {self.width}x{self.height}")
         if self.fps <= 0 or self.supersample < 1 or not 0 <= self.crf <= 51:

@@ -1,7 +1,13 @@
 """Per-frame metric depth teachers (UniDepthV2, or the synthetic stand-in) and the ``teacher`` stage."""
 
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext
-from videomamba_depth.teacher.run import TEACHERS, TeacherOutputError, build_teacher, run_teacher
+from videomamba_depth.teacher.run import (
+    TEACHERS,
+    TeacherOutputError,
+    build_teacher,
+    run_teacher,
+    teacher_tasks,
+)
 
 __all__ = [
     "TEACHERS",
@@ -12,4 +18,5 @@ __all__ = [
     "VideoContext",
     "build_teacher",
     "run_teacher",
+    "teacher_tasks",
 ]

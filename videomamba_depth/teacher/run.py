@@ -8,6 +8,8 @@ attributes, so it never becomes a training target.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import zarr
 from tqdm import tqdm
 
 from videomamba_depth.camera import make_K, validate_K
+from videomamba_depth.manifest import store_path
+from videomamba_depth.pervideo import VideoTask, input_fingerprint, path_digest
 from videomamba_depth.provenance import provenance
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext, read_frames
 from videomamba_depth.teacher.synthetic import SyntheticTeacher
@@ -186,6 +190,19 @@ def _create_arrays(group: zarr.Group, height: int, width: int) -> dict[str, zarr
         arrays[name] = create_time_array(group, name, shape or (height, width), dtype, dims=dims, units=units,
                                          description=description)
     return arrays
+
+
+def teacher_tasks(names: Iterable[str], cfg: TeacherConfig) -> list[VideoTask]:
+    """One task per video: ``data/prepared/<name>.zarr`` -> ``data/teacher/<name>.zarr``."""
+    # Local weights (a folder) count by content, hashed once: swapping them redoes every video.
+    weights = path_digest(cfg.weights) if cfg.weights is not None and Path(cfg.weights).exists() else None
+    tasks = []
+    for name in names:
+        prepared, out = store_path("prepared", name), store_path("teacher", name)
+        inputs = {"config": cfg.to_dict(), "weights": weights, "prepared": input_fingerprint(prepared)}
+        run = partial(run_teacher, cfg, prepared, out, video=name)
+        tasks.append(VideoTask(name, out, inputs, run, packages=BACKEND_PACKAGES[cfg.backend]))
+    return tasks
 
 
 def run_teacher(

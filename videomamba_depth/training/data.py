@@ -90,15 +90,15 @@ def find_videos(names: Sequence[str], val_frames: int) -> list[TrainingVideo]:
         if teacher["depth"].shape != (num_frames, height, width):
             raise StoreError(
                 f"{paths['teacher']}: depth {teacher['depth'].shape} does not match the {num_frames} frames "
-                f"of {height}x{width} in {paths['prepared']}; re-run teacher@{name}"
+                f"of {height}x{width} in {paths['prepared']}; re-run: dvc repro -f -s teacher"
             )
         if flow["static"].shape != (max(num_frames - 1, 0), height, width):
             raise StoreError(
                 f"{paths['flow']}: static {flow['static'].shape} does not match the {num_frames} frames of "
-                f"{height}x{width} in {paths['prepared']}; re-run flow@{name}"
+                f"{height}x{width} in {paths['prepared']}; re-run: dvc repro -f -s flow"
             )
         if num_frames < 1:
-            raise StoreError(f"{paths['prepared']}: no frames; re-run prepare@{name}")
+            raise StoreError(f"{paths['prepared']}: no frames; re-run: dvc repro -f -s prepare")
         train_frames = num_frames - val_frames if num_frames > val_frames else num_frames
         videos.append(TrainingVideo(name, *paths.values(), num_frames, train_frames, height, width))
     return videos
