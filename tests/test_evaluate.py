@@ -203,6 +203,7 @@ def test_headline_targets(evaluated):
         assert entry["value"] == pytest.approx(value) and entry["target"] == target, name
         assert entry["ok"] == (value >= target if entry["rule"] == ">=" else value <= target), name
     assert targets["delta1"]["rule"] == ">=" and targets["abs_rel"]["rule"] == "<="
+    assert all(isinstance(t["ok"], bool) for t in targets.values())  # ground truth and moving pixels exist
     assert head["all_ok"] == all(t["ok"] for t in targets.values())
     assert head["vs_teacher"]["student_reset"]["tae"] == pytest.approx(reset["tae"] / teacher["tae"])
     vs_untrained = stream["abs_rel"] / agg["student_untrained"]["abs_rel"]
