@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from training_fixtures import tiny_model_config
 
 from videomamba_depth.camera import ResizePad, relative_pose
@@ -19,7 +20,7 @@ from videomamba_depth.metrics import depth_edge_band, evaluate_sequence, evaluat
 from videomamba_depth.models import build_student, save_student
 from videomamba_depth.prepare import resample_nearest, resize_pad
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
-from videomamba_depth.zarrio import create_static_array, create_time_array, writing_store
+from videomamba_depth.zarrio import StoreError, create_static_array, create_time_array, writing_store
 
 WIDTH, HEIGHT, FRAMES = 48, 36, 10
 
@@ -287,6 +288,14 @@ def test_missing_store_names_it_and_writes_nothing(tmp_path):
         evaluate(EvaluateConfig(videos=("absent",)), tmp_path / "m.safetensors", data_dir=tmp_path / "data",
                  out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_ground_truth_without_motion_mask_names_the_store(tmp_path):
+    write_eval_video(tmp_path, "v", seed=5)
+    prepared = tmp_path / "prepared" / "v.zarr"
+    del zarr.open_group(prepared / "gt", mode="r+")["motion_mask"]
+    with pytest.raises(StoreError, match=r"v\.zarr/gt: missing array\(s\) \['motion_mask'\]"):
+        load_eval_video("v", prepared, tmp_path / "teacher" / "v.zarr", tmp_path / "flow" / "v.zarr")
 
 
 # --------------------------------------------------------------------------------------- the predictor
