@@ -3,21 +3,24 @@ forward, reset, per-frame ablation, bounded state, keyframe anchoring."""
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import zarr
 from training_fixtures import tiny_model_config
 
 from videomamba_depth.camera import ResizePad, relative_pose
-from videomamba_depth.evaluation import METHODS, EvaluateConfig, evaluate, load_eval_video
+from videomamba_depth.evaluation import METHODS, REGION_METRICS, EvaluateConfig, evaluate, load_eval_video
+from videomamba_depth.evaluation.pipeline import headline
 from videomamba_depth.inference import AnchoringConfig, StreamingDepth, describe
-from videomamba_depth.metrics import evaluate_sequence, evaluation_mask, static_jitter
+from videomamba_depth.metrics import depth_edge_band, evaluate_sequence, evaluation_mask, static_jitter
 from videomamba_depth.models import build_student, save_student
 from videomamba_depth.prepare import resample_nearest, resize_pad
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
-from videomamba_depth.zarrio import create_static_array, create_time_array, writing_store
+from videomamba_depth.zarrio import StoreError, create_static_array, create_time_array, writing_store
 
 WIDTH, HEIGHT, FRAMES = 48, 36, 10
 
@@ -29,10 +32,13 @@ def _array(group, name, data, dims, units="1"):
     return arr
 
 
-def write_eval_video(data: Path, name: str, *, seed: int, gt: bool = True, flicker: float = 0.06) -> None:
+def write_eval_video(
+    data: Path, name: str, *, seed: int, gt: bool = True, moving: bool = True, flicker: float = 0.06
+) -> None:
     """Stores ``data/{prepared,teacher,flow}/<name>.zarr`` of a tiny rendered room, zero-padded to a
     multiple of 14 (so padding must be excluded): the teacher is the truth times a per-frame scale
-    ``exp(N(0, flicker))``; flow, masks and poses come from the renderer."""
+    ``exp(N(0, flicker))``; flow, masks and poses come from the renderer. ``moving=False``: the ground
+    truth's motion mask is empty (a video without moving objects)."""
     cfg = SynthConfig(width=WIDTH, height=HEIGHT, num_frames=(FRAMES, FRAMES), supersample=1)
     frames = list(render_frames(sample_scene(cfg, seed)))
     geometry = ResizePad.fit(WIDTH, HEIGHT, WIDTH, 14)
@@ -44,6 +50,7 @@ def write_eval_video(data: Path, name: str, *, seed: int, gt: bool = True, flick
     flow = pad([f.flow_fwd for f in frames[:-1]])
     consistent = pad([f.flow_fwd_valid for f in frames[:-1]])
     static = consistent & ~pad([f.motion_mask for f in frames[:-1]])
+    motion = pad([f.motion_mask for f in frames]) & moving
     rel = np.stack([relative_pose(poses[t], poses[t + 1]) for t in range(FRAMES - 1)])
     scale = np.exp(np.random.default_rng(seed).normal(0.0, flicker, FRAMES)).astype(np.float32)
     valid = geometry.valid_mask()
@@ -56,6 +63,7 @@ def write_eval_video(data: Path, name: str, *, seed: int, gt: bool = True, flick
             _array(sub, "depth", depth, ("t", "y", "x"), "m")
             _array(sub, "pose_c2w", poses, ("t", "i", "j"), "m")
             _array(sub, "K", K, ("t", "i", "j"), "pixels")
+            _array(sub, "motion_mask", motion, ("t", "y", "x"), "bool")
     with writing_store(data / "teacher" / f"{name}.zarr", "teacher", {}) as g:
         _array(g, "depth", (depth * scale[:, None, None]).astype(np.float16), ("t", "y", "x"), "m")
         _array(g, "valid", np.broadcast_to(valid, depth.shape).copy(), ("t", "y", "x"))
@@ -86,65 +94,161 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     write_eval_video(root / "data", "with_gt", seed=1)
     write_eval_video(root / "data", "no_gt", seed=2, gt=False)
+    write_eval_video(root / "data", "no_moving", seed=4, moving=False)
     save_student(root / "model.safetensors", temporal_model())
-    cfg = EvaluateConfig(videos=("with_gt", "no_gt"), alignments=("none", "lstsq_disparity"), strip_frames=2)
+    cfg = EvaluateConfig(videos=("with_gt", "no_gt", "no_moving"), alignments=("none", "lstsq_disparity"),
+                         strip_frames=2)
     metrics = evaluate(cfg, root / "model.safetensors", data_dir=root / "data", out_dir=root / "out")
     return root, cfg, metrics
 
 
+def _load(root: Path, name: str):
+    stores = (root / "data" / kind / f"{name}.zarr" for kind in ("prepared", "teacher", "flow"))
+    return load_eval_video(name, *stores)
+
+
 def test_metrics_json_schema_and_values(evaluated):
     root, cfg, metrics = evaluated
+    videos = metrics["videos"]
     summary = json.loads((root / "out" / "metrics.json").read_text())
     assert summary == {k: v for k, v in metrics.items() if k != "videos"}
-    assert json.loads((root / "out" / "videos.json").read_text()) == metrics["videos"]
+    assert json.loads((root / "out" / "videos.json").read_text()) == videos
     assert metrics["reference"] == "ground_truth"
-    assert metrics["videos"]["with_gt"]["reference"] == "ground_truth"
-    assert metrics["videos"]["no_gt"]["reference"] == "teacher"
-    for scope in (metrics["aggregate"], metrics["videos"]["with_gt"], metrics["videos"]["no_gt"]):
+    assert [videos[v]["reference"] for v in cfg.videos] == ["ground_truth", "teacher", "ground_truth"]
+    for scope in (metrics["aggregate"], *videos.values()):
         assert set(cfg.alignments) <= set(scope)
         for alignment in cfg.alignments:
             assert set(scope[alignment]) == set(METHODS)
     # The teacher is not scored against itself; the students are (AbsRel vs teacher).
-    assert "abs_rel" not in metrics["videos"]["no_gt"]["none"]["teacher"]
-    assert "abs_rel" in metrics["videos"]["no_gt"]["none"]["student_stream"]
+    assert "abs_rel" not in videos["no_gt"]["none"]["teacher"]
+    assert "abs_rel" in videos["no_gt"]["none"]["student_stream"]
     # Recompute the teacher's AbsRel on the ground-truth video independently.
-    stores = (root / "data" / kind / "with_gt.zarr" for kind in ("prepared", "teacher", "flow"))
-    video = load_eval_video("with_gt", *stores)
+    video = _load(root, "with_gt")
     valid = video.reference_valid & video.teacher_valid
     mask = evaluation_mask(video.reference, valid, max_depth=cfg.max_depth)
     assert not mask[:, 0, :].any()  # padding rows are excluded
     expected = evaluate_sequence(video.teacher, video.reference, mask, max_depth=cfg.max_depth)
     expected = expected.mean["abs_rel"]
-    assert metrics["videos"]["with_gt"]["none"]["teacher"]["abs_rel"] == pytest.approx(expected)
-    # Only ground-truth videos enter the aggregate AbsRel; temporal metrics average over both videos.
+    assert videos["with_gt"]["none"]["teacher"]["abs_rel"] == pytest.approx(expected)
+    # Only ground-truth videos enter the aggregate AbsRel; temporal metrics average over every video.
     agg = metrics["aggregate"]["none"]
-    assert agg["teacher"]["abs_rel"] == pytest.approx(expected)
-    jitters = [metrics["videos"][v]["none"]["teacher"]["jitter_static"] for v in ("with_gt", "no_gt")]
+    gt_abs_rel = [videos[v]["none"]["teacher"]["abs_rel"] for v in ("with_gt", "no_moving")]
+    assert agg["teacher"]["abs_rel"] == pytest.approx(np.mean(gt_abs_rel))
+    jitters = [videos[v]["none"]["teacher"]["jitter_static"] for v in cfg.videos]
     assert agg["teacher"]["jitter_static"] == pytest.approx(np.mean(jitters))
     jitter = static_jitter(video.teacher, video.static, valid=mask).mean
-    assert metrics["videos"]["with_gt"]["none"]["teacher"]["jitter_static"] == pytest.approx(jitter)
+    assert videos["with_gt"]["none"]["teacher"]["jitter_static"] == pytest.approx(jitter)
     # The flickering teacher jitters more than its ground truth (the floor).
     assert metrics["aggregate"]["floor"]["jitter_static"] < agg["teacher"]["jitter_static"]
-    head = metrics["headline"]
-    assert head["tae_ratio"] == pytest.approx(agg["student_stream"]["tae"] / agg["teacher"]["tae"])
-    abs_rel = {m: agg[m]["abs_rel"] for m in METHODS}
-    assert head["abs_rel_ratio"] == pytest.approx(abs_rel["student_stream"] / abs_rel["teacher"])
-    assert head["reset_abs_rel_ratio"] == pytest.approx(abs_rel["student_reset"] / abs_rel["teacher"])
-    vs_untrained = abs_rel["student_stream"] / abs_rel["student_untrained"]
-    assert head["abs_rel_vs_untrained"] == pytest.approx(vs_untrained)
     # The untrained baseline is a fresh student: one constant depth (zero-initialised head), so no flicker.
     assert agg["student_untrained"]["jitter_static"] < 1e-6
-    for metric in ("tae", "jitter_static", "abs_rel"):
-        assert head[f"{metric}_ok"] == (head[f"{metric}_ratio"] <= head[f"{metric}_target"])
-    assert head["all_ok"] == all(head[f"{m}_ok"] for m in ("tae", "jitter_static", "abs_rel"))
     assert metrics["anchoring"]["enabled"] is False
 
 
+def test_region_metrics(evaluated):
+    """Moving-object and depth-edge AbsRel / δ1 against ground truth, recomputed independently; null where a
+    video has no ground truth or no moving pixel, and aggregated over the videos that have them."""
+    root, cfg, metrics = evaluated
+    videos, agg = metrics["videos"], metrics["aggregate"]["none"]
+    video = _load(root, "with_gt")
+    valid = video.reference_valid & video.teacher_valid
+    mask = evaluation_mask(video.reference, valid, max_depth=cfg.max_depth)
+    edge = depth_edge_band(video.reference, video.reference_valid, threshold=cfg.edge_threshold,
+                           band_px=cfg.edge_band_px)
+    shares = videos["with_gt"]["regions"]
+    assert shares["moving_pixels"] == pytest.approx((mask & video.motion).sum() / mask.sum())
+    assert shares["edge_pixels"] == pytest.approx((mask & edge).sum() / mask.sum())
+    assert 0 < shares["moving_pixels"] < 0.5 and 0 < shares["edge_pixels"] < 0.5
+    for region, pixels in (("moving", video.motion), ("edge", edge)):
+        expected = evaluate_sequence(video.teacher, video.reference, mask & pixels, max_depth=cfg.max_depth)
+        teacher = videos["with_gt"]["none"]["teacher"]
+        for metric in ("abs_rel", "delta1"):
+            assert teacher[f"{region}_{metric}"] == pytest.approx(expected.mean[metric])
+    for method in METHODS:
+        scores = videos["with_gt"]["none"][method]
+        assert all(math.isfinite(scores[m]) for m in REGION_METRICS), method
+        # No moving pixel: null, not NaN (strict JSON), while the edge band is still scored.
+        still = videos["no_moving"]["none"][method]
+        assert still["moving_abs_rel"] is None and still["moving_delta1"] is None
+        assert math.isfinite(still["edge_abs_rel"])
+        assert agg[method]["moving_abs_rel"] == pytest.approx(scores["moving_abs_rel"])
+        edges = [videos[v]["none"][method]["edge_abs_rel"] for v in ("with_gt", "no_moving")]
+        assert agg[method]["edge_abs_rel"] == pytest.approx(np.mean(edges))
+    assert videos["no_moving"]["regions"]["moving_pixels"] == 0.0
+    # Without ground truth there are no regions: null for the students, absent for the teacher (reference).
+    assert videos["no_gt"]["regions"] == {"moving_pixels": None, "edge_pixels": None}
+    assert all(videos["no_gt"]["none"]["student_stream"][m] is None for m in REGION_METRICS)
+    assert not set(REGION_METRICS) & set(videos["no_gt"]["none"]["teacher"])
+
+
+def test_headline_targets(evaluated):
+    _, cfg, metrics = evaluated
+    agg, head = metrics["aggregate"]["none"], metrics["headline"]
+    targets = head["targets"]
+    stream, reset, teacher = agg["student_stream"], agg["student_reset"], agg["teacher"]
+    expected = {
+        "abs_rel": (stream["abs_rel"], cfg.target_abs_rel),
+        "delta1": (stream["delta1"], cfg.target_delta1),
+        "moving_abs_rel": (stream["moving_abs_rel"], cfg.target_moving_abs_rel),
+        "tae_vs_teacher": (stream["tae"] / teacher["tae"], cfg.target_tae_ratio),
+        "jitter_static_vs_teacher": (stream["jitter_static"] / teacher["jitter_static"],
+                                     cfg.target_jitter_ratio),
+        "tae_vs_reset": (stream["tae"] / reset["tae"], cfg.target_stream_tae_ratio),
+        "jitter_static_vs_reset": (stream["jitter_static"] / reset["jitter_static"],
+                                   cfg.target_stream_jitter_ratio),
+        "abs_rel_vs_reset": (stream["abs_rel"] / reset["abs_rel"], cfg.target_stream_abs_rel_ratio),
+    }
+    assert set(targets) == set(expected)
+    for name, (value, target) in expected.items():
+        entry = targets[name]
+        assert entry["value"] == pytest.approx(value) and entry["target"] == target, name
+        assert entry["ok"] == (value >= target if entry["rule"] == ">=" else value <= target), name
+    assert targets["delta1"]["rule"] == ">=" and targets["abs_rel"]["rule"] == "<="
+    assert all(isinstance(t["ok"], bool) for t in targets.values())  # ground truth and moving pixels exist
+    assert head["all_ok"] == all(t["ok"] for t in targets.values())
+    assert head["vs_teacher"]["student_reset"]["tae"] == pytest.approx(reset["tae"] / teacher["tae"])
+    vs_untrained = stream["abs_rel"] / agg["student_untrained"]["abs_rel"]
+    assert head["abs_rel_vs_untrained"] == pytest.approx(vs_untrained)
+
+
+def _scores(abs_rel: float, delta1: float, tae: float, jitter: float) -> dict[str, float]:
+    return {"abs_rel": abs_rel, "delta1": delta1, "moving_abs_rel": abs_rel, "tae": tae,
+            "jitter_static": jitter}
+
+
+def test_verdict_needs_accuracy_not_only_stability():
+    """A stable but wrong student (the blurred or constant depth of an untrained model) passes every
+    flicker ratio and still fails; an accurate one that the temporal module makes steadier passes."""
+    cfg = EvaluateConfig(videos=("v",))
+    teacher, reset = _scores(0.05, 0.99, 6.0, 0.06), _scores(0.11, 0.9, 2.0, 0.02)
+    blurred = {"teacher": teacher, "student_reset": reset, "student_untrained": _scores(0.6, 0.4, 0.2, 0.0),
+               "student_stream": _scores(0.5, 0.3, 0.3, 0.001)}
+    head = headline(blurred, cfg, has_gt=True)
+    flicker = ("tae_vs_teacher", "jitter_static_vs_teacher", "tae_vs_reset", "jitter_static_vs_reset")
+    assert all(head["targets"][name]["ok"] for name in flicker)
+    assert head["targets"]["abs_rel"]["ok"] is False and head["targets"]["delta1"]["ok"] is False
+    assert head["all_ok"] is False
+    good = {**blurred, "student_stream": _scores(0.1, 0.9, 1.0, 0.01)}
+    assert headline(good, cfg, has_gt=True)["all_ok"] is True
+    # Only a moving-object miss, or a temporal module that does not beat the per-frame student, fails too.
+    for worse in ({"moving_abs_rel": 0.3}, {"tae": 1.9}):
+        missed = {**good, "student_stream": {**good["student_stream"], **worse}}
+        assert headline(missed, cfg, has_gt=True)["all_ok"] is False
+    # Without ground truth the accuracy targets cannot be judged: null unless something else misses.
+    unjudged = headline(good, cfg, has_gt=False)
+    assert all(unjudged["targets"][name]["ok"] is None for name in ("abs_rel", "delta1", "abs_rel_vs_reset"))
+    assert unjudged["all_ok"] is None
+    # So a stable, wrong student is never passed without ground truth either.
+    assert headline(blurred | {"student_reset": teacher}, cfg, has_gt=False)["all_ok"] is None
+    flickering = good | {"student_stream": _scores(0.1, 0.9, 5.0, 0.01)}
+    assert headline(flickering, cfg, has_gt=False)["all_ok"] is False
+
+
 def test_plots_and_images(evaluated):
-    root, _, metrics = evaluated
+    root, cfg, metrics = evaluated
     out = root / "out"
-    for curve, x in (("abs_rel", "frame"), ("jitter", "pair"), ("tae", "pair"), ("drift", "frame"),
-                     ("change_histogram", "relative_change")):
+    for curve, x in (("abs_rel", "frame"), ("moving_abs_rel", "frame"), ("jitter", "pair"), ("tae", "pair"),
+                     ("drift", "frame"), ("change_histogram", "relative_change")):
         with open(out / "plots" / curve / "with_gt.csv") as f:
             rows = list(csv.DictReader(f))
         assert rows and rows[0].keys() >= {x, "student_stream", "student_reset"}, curve
@@ -153,11 +257,18 @@ def test_plots_and_images(evaluated):
     assert len(rows) == FRAMES
     assert np.mean([float(r["teacher"]) for r in rows]) == pytest.approx(
         metrics["videos"]["with_gt"]["none"]["teacher"]["abs_rel"])
+    # AbsRel on moving pixels per frame: frames without any are empty cells, skipped by the mean.
+    with open(out / "plots" / "moving_abs_rel" / "with_gt.csv") as f:
+        moving = [float(r["student_stream"]) for r in csv.DictReader(f) if r["student_stream"]]
+    assert moving and np.mean(moving) == pytest.approx(
+        metrics["videos"]["with_gt"]["none"]["student_stream"]["moving_abs_rel"])
+    with open(out / "plots" / "moving_abs_rel" / "no_moving.csv") as f:
+        assert all(r["student_stream"] == "" for r in csv.DictReader(f))
     with open(out / "plots" / "change_histogram" / "with_gt.csv") as f:
         fractions = [float(r["ground_truth"]) for r in csv.DictReader(f)]
     assert sum(fractions) == pytest.approx(1.0)
     names = {p.name for p in (out / "images").iterdir()}
-    assert names == {f"{v}_{k}.png" for v in ("with_gt", "no_gt") for k in ("strip", "xt", "xt_log_ratio")}
+    assert names == {f"{v}_{k}.png" for v in cfg.videos for k in ("strip", "xt", "xt_log_ratio")}
     assert not list(out.glob("*.partial-*"))
 
 
@@ -177,6 +288,14 @@ def test_missing_store_names_it_and_writes_nothing(tmp_path):
         evaluate(EvaluateConfig(videos=("absent",)), tmp_path / "m.safetensors", data_dir=tmp_path / "data",
                  out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_ground_truth_without_motion_mask_names_the_store(tmp_path):
+    write_eval_video(tmp_path, "v", seed=5)
+    prepared = tmp_path / "prepared" / "v.zarr"
+    del zarr.open_group(prepared / "gt", mode="r+")["motion_mask"]
+    with pytest.raises(StoreError, match=r"v\.zarr/gt: missing array\(s\) \['motion_mask'\]"):
+        load_eval_video("v", prepared, tmp_path / "teacher" / "v.zarr", tmp_path / "flow" / "v.zarr")
 
 
 # --------------------------------------------------------------------------------------- the predictor

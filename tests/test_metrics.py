@@ -10,6 +10,7 @@ from videomamba_depth.metrics import (
     METRICS,
     aggregate,
     align,
+    depth_edge_band,
     evaluate_sequence,
     evaluation_mask,
     frame_metrics,
@@ -141,3 +142,72 @@ def test_aggregate_is_the_mean_of_per_video_means():
     assert summary["abs_rel"] == pytest.approx(0.2)
     assert summary["tae"] == 2.0  # reported by one video only
     assert list(summary)[: len(METRICS)] == list(METRICS)
+
+
+def step_edge(T=2, H=6, W=40, near=2.0, far=4.0):
+    """Depth ``near`` left of column ``W // 2``, ``far`` from it on: one vertical discontinuity."""
+    gt = np.full((T, H, W), near)
+    gt[..., W // 2 :] = far
+    return gt
+
+
+def test_edge_band_of_a_step_edge():
+    gt, c = step_edge(), 20
+    # The two pixels either side of the jump are on it; the band adds band_px columns on each side.
+    for band_px, columns in ((0, [c - 1, c]), (2, list(range(c - 3, c + 3)))):
+        band = depth_edge_band(gt, None, threshold=0.1, band_px=band_px)
+        np.testing.assert_array_equal(np.flatnonzero(band[0, 0]), columns)
+        assert (band == band[:1, :1]).all()  # every row and frame alike
+    # log(4 / 2) = 0.69: above 0.5, not above 0.7.
+    assert not depth_edge_band(gt, None, threshold=0.7, band_px=2).any()
+    # A jump next to an unusable pixel (padding, missing depth) is not an edge.
+    valid = np.ones(gt.shape, dtype=bool)
+    valid[..., c] = False
+    assert not depth_edge_band(gt, valid, threshold=0.1, band_px=2).any()
+    # A smooth ramp (log step 0.05 per pixel) has no edge; a horizontal step is found like a vertical one.
+    ramp = np.exp(0.05 * np.arange(40))[None, None, :].repeat(6, axis=1)
+    assert not depth_edge_band(ramp, None, threshold=0.1, band_px=2).any()
+    rows = depth_edge_band(np.swapaxes(gt, 1, 2), None, threshold=0.1, band_px=0)
+    np.testing.assert_array_equal(np.flatnonzero(rows[0, :, 0]), [c - 1, c])
+    with pytest.raises(ValueError, match="threshold > 0"):
+        depth_edge_band(gt, None, threshold=0.0, band_px=2)
+
+
+def test_blurred_prediction_fails_on_the_edge_band():
+    """A 3-pixel box blur of a 2 m | 4 m step: the pixel left of the jump reads 8/3 (AbsRel 1/3, ratio 1.33,
+    not within 1.25), the one right of it 10/3 (AbsRel 1/6, ratio 1.2); every other pixel is exact. On the
+    6-column band: AbsRel (1/3 + 1/6) / 6 = 1/12 and δ1 5/6; on the 40-column image: 1/80 and 39/40."""
+    gt = step_edge()
+    padded = np.pad(gt, ((0, 0), (0, 0), (1, 1)), mode="edge")
+    blurred = (padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]) / 3.0
+    band = depth_edge_band(gt, None, threshold=0.1, band_px=2)
+    result = evaluate_sequence(blurred, gt, None, max_depth=10.0, regions={"edge": band})
+    edge = result.regions["edge"]
+    assert result.mean["abs_rel"] == pytest.approx(1 / 80) and result.mean["delta1"] == pytest.approx(39 / 40)
+    assert edge.mean["abs_rel"] == pytest.approx(1 / 12) and edge.mean["delta1"] == pytest.approx(5 / 6)
+    assert edge.mean["abs_rel"] > 5 * result.mean["abs_rel"]
+    # The alignment is fitted on every evaluated pixel, not on the region's: on the left half alone the
+    # prediction (2x there, 3x right of the step) would get scale 1/2.
+    pred = blurred * np.where(np.arange(40) < 20, 2.0, 3.0)
+    left = np.broadcast_to(np.arange(40) < 20, gt.shape)
+    median = evaluate_sequence(pred, gt, None, max_depth=10.0, alignment="median", regions={"left": left})
+    scale = np.median(gt) / np.median(pred)
+    assert median.params["scale"] == pytest.approx(scale) and abs(scale - 0.5) > 0.1
+    on_left = evaluate_sequence(scale * pred, gt, left, max_depth=10.0).mean["abs_rel"]
+    assert median.regions["left"].mean["abs_rel"] == pytest.approx(on_left)
+    # The exact depth scores 0 there too.
+    assert evaluate_sequence(gt, gt, None, max_depth=10.0, regions={"edge": band}).regions["edge"].mean[
+        "abs_rel"] == 0.0
+
+
+def test_empty_region_is_nan_and_skipped_by_aggregate():
+    gt = gt_video()
+    nowhere = np.zeros(gt.shape, bool)
+    result = evaluate_sequence(1.1 * gt, gt, None, max_depth=10.0, regions={"moving": nowhere})
+    moving = result.regions["moving"]
+    assert moving.num_frames == 0 and math.isnan(moving.mean["abs_rel"]) and math.isnan(moving.mean["delta1"])
+    with pytest.raises(ValueError, match="region 'moving' has shape"):
+        evaluate_sequence(gt, gt, None, max_depth=10.0, regions={"moving": np.zeros((1, 2, 3), bool)})
+    # Aggregated over the videos that have the region; NaN when none has.
+    summary = aggregate([{"moving_abs_rel": float("nan"), "x": float("nan")}, {"moving_abs_rel": 0.3}])
+    assert summary["moving_abs_rel"] == pytest.approx(0.3) and math.isnan(summary["x"])

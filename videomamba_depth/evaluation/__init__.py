@@ -2,11 +2,21 @@
 
 from videomamba_depth.evaluation.data import EvalVideo, load_eval_video
 from videomamba_depth.evaluation.pipeline import METHODS, EvaluateConfig, evaluate
-from videomamba_depth.evaluation.scoring import DEPTH_METRICS, TEMPORAL_METRICS, Score, ScoreSettings, score
+from videomamba_depth.evaluation.scoring import (
+    DEPTH_METRICS,
+    REGION_METRICS,
+    REGIONS,
+    TEMPORAL_METRICS,
+    Score,
+    ScoreSettings,
+    score,
+)
 
 __all__ = [
     "DEPTH_METRICS",
     "METHODS",
+    "REGIONS",
+    "REGION_METRICS",
     "TEMPORAL_METRICS",
     "EvalVideo",
     "EvaluateConfig",

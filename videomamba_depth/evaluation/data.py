@@ -18,7 +18,7 @@ from videomamba_depth.zarrio import StoreError, open_store, require_arrays
 PREPARED_ARRAYS = ("rgb", "valid")
 TEACHER_ARRAYS = ("depth", "valid", "K_used")
 FLOW_ARRAYS = ("flow_fwd", "consistent", "static", "rel_pose", "pose_valid")
-GT_ARRAYS = ("depth", "pose_c2w", "K")
+GT_ARRAYS = ("depth", "pose_c2w", "K", "motion_mask")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class EvalVideo:
     - ``reference`` ``(T, H, W)`` metres: ground truth when the prepared store has a ``gt`` group, else the
       teacher (``reference_kind`` says which); ``reference_valid`` ``(T, H, W)`` bool;
     - ``pose_c2w`` ``(T, 4, 4)`` and ``K_eval`` ``(T, 3, 3)`` for TAE: ground truth, else the flow stage's
-      chained ``rel_pose`` and ``K``; ``pose_known`` ``(T-1,)`` bool: pairs with a known relative pose.
+      chained ``rel_pose`` and ``K``; ``pose_known`` ``(T-1,)`` bool: pairs with a known relative pose;
+    - ``motion`` ``(T, H, W)`` bool: the ground truth's motion mask (the pixel shows an independently moving
+      object), None without ground truth.
     """
 
     name: str
@@ -51,6 +53,7 @@ class EvalVideo:
     pose_c2w: np.ndarray
     K_eval: np.ndarray
     pose_known: np.ndarray
+    motion: np.ndarray | None
 
     @property
     def num_frames(self) -> int:
@@ -90,10 +93,14 @@ def load_eval_video(name: str, prepared: Path, teacher: Path, flow: Path) -> Eva
         reference_valid = image & (reference > 0)
         pose_c2w, K_eval = gt["pose_c2w"][:], gt["K"][:]
         kind, pose_known = "ground_truth", np.ones(T - 1, dtype=bool)
+        motion = gt["motion_mask"][:].astype(bool)
+        if reference.shape != (T, H, W) or motion.shape != (T, H, W):
+            raise StoreError(f"{prepared}: ground truth 'depth' {reference.shape} and 'motion_mask' "
+                             f"{motion.shape} must match its {T} frames of {W}x{H}; re-run prepare")
     else:
         reference, reference_valid = teacher_depth, teacher_valid
         pose_c2w, K_eval = pose_c2w_from_relative(f_group["rel_pose"][:]), K
-        kind, pose_known = "teacher", pose_valid
+        kind, pose_known, motion = "teacher", pose_valid, None
     return EvalVideo(
         name=name,
         rgb=rgb,
@@ -110,4 +117,5 @@ def load_eval_video(name: str, prepared: Path, teacher: Path, flow: Path) -> Eva
         pose_c2w=pose_c2w,
         K_eval=K_eval,
         pose_known=pose_known,
+        motion=motion,
     )

@@ -13,7 +13,13 @@ Video Depth Anything does for TAE). Names in the results:
 - ``jitter_still``: the same over ``static & |flow| < still_flow_px``: pixels that barely move, so nearly
   any change there is flicker;
 - ``flow_warped``: mean ``|log d_{t+1}(p + f) - log d_t(p)|`` over forward-backward consistent flow;
-- ``scale_std``: std over frames of the per-frame least-squares scale to the reference (scale drift).
+- ``scale_std``: std over frames of the per-frame least-squares scale to the reference (scale drift);
+- regions (:data:`REGION_METRICS`, ground truth only, else NaN): ``abs_rel`` and ``delta1`` on the evaluated
+  pixels of ``moving`` objects (the ground truth's motion mask) and of the ``edge`` band (pixels within
+  ``edge_band_px`` of a ground-truth depth discontinuity ``|Δ log depth| > edge_threshold`` between
+  4-neighbours, :func:`~videomamba_depth.metrics.depth_edge_band`), named ``<region>_<metric>``. A blurred
+  or constant prediction can be stable and score a tolerable whole-image mean, but not there. NaN when a
+  video has no pixel of the region.
 
 ``floor``: the temporal metrics of the ground truth itself (when it exists): what a perfect depth scores on
 the same masks, because surfaces do change depth between frames.
@@ -29,6 +35,7 @@ from videomamba_depth.evaluation.data import EvalVideo
 from videomamba_depth.metrics import (
     Alignment,
     align,
+    depth_edge_band,
     evaluate_sequence,
     evaluation_mask,
     flow_warped_error,
@@ -40,27 +47,32 @@ from videomamba_depth.metrics import (
 
 DEPTH_METRICS = ("abs_rel", "rmse", "delta1")
 TEMPORAL_METRICS = ("tae", "jitter_static", "jitter_still", "flow_warped")
+REGIONS = ("moving", "edge")
+REGION_DEPTH_METRICS = ("abs_rel", "delta1")
+REGION_METRICS = tuple(f"{region}_{metric}" for region in REGIONS for metric in REGION_DEPTH_METRICS)
 
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """Depth range (metres), the flow magnitude (pixels) below which a static pixel is "still", and the
-    change-histogram layout."""
+    """Depth range (metres), the flow magnitude (pixels) below which a static pixel is "still", the
+    change-histogram layout and the edge band (log-depth jump, half-width in pixels)."""
 
     min_depth: float
     max_depth: float
     still_flow_px: float
     histogram_bins: int
     histogram_max_change: float
+    edge_threshold: float
+    edge_band_px: int
 
 
 @dataclass(frozen=True)
 class Score:
     """Means (metric name -> value) and per-frame / per-pair curves of one method under one alignment.
 
-    ``curves``: ``tae``, ``jitter_static``, ``jitter_still``, ``flow_warped`` ``(T-1,)``; ``abs_rel`` and
-    ``scale`` ``(T,)`` (per-frame least-squares scale to the reference), both absent when the depth is its
-    own reference.
+    ``curves``: ``tae``, ``jitter_static``, ``jitter_still``, ``flow_warped`` ``(T-1,)``; ``abs_rel``,
+    ``moving_abs_rel``, ``edge_abs_rel`` and ``scale`` ``(T,)`` (per-frame least-squares scale to the
+    reference), absent when the depth is its own reference (region curves NaN without ground truth).
     """
 
     means: dict[str, float]
@@ -76,6 +88,24 @@ def masks(video: EvalVideo, settings: ScoreSettings) -> tuple[np.ndarray, np.nda
     )
     still = video.static & (np.linalg.norm(video.flow_fwd, axis=-1) < settings.still_flow_px)
     return mask, still
+
+
+def regions(video: EvalVideo, settings: ScoreSettings) -> dict[str, np.ndarray]:
+    """:data:`REGIONS` -> ``(T, H, W)`` bool, from the ground truth (empty without it)."""
+    if video.motion is None:
+        return {}
+    edge = depth_edge_band(video.reference, video.reference_valid, threshold=settings.edge_threshold,
+                           band_px=settings.edge_band_px)
+    return {"moving": video.motion, "edge": edge}
+
+
+def region_shares(video: EvalVideo, settings: ScoreSettings) -> dict[str, float]:
+    """Fraction of the evaluated pixels in each region (``<region>_pixels``; NaN without ground truth)."""
+    mask, _ = masks(video, settings)
+    found = regions(video, settings)
+    total = max(int(mask.sum()), 1)
+    return {f"{name}_pixels": float((mask & found[name]).sum()) / total if name in found else float("nan")
+            for name in REGIONS}
 
 
 def temporal(depth: np.ndarray, video: EvalVideo, mask: np.ndarray, still: np.ndarray) -> dict[str, object]:
@@ -112,9 +142,16 @@ def score(
     means = {}
     if not is_reference:
         sequence = evaluate_sequence(depth, video.reference, mask, max_depth=settings.max_depth,
-                                     alignment=alignment, min_depth=settings.min_depth)
+                                     alignment=alignment, min_depth=settings.min_depth,
+                                     regions=regions(video, settings))
         means = {name: sequence.mean[name] for name in DEPTH_METRICS}
         curves["abs_rel"] = sequence.per_frame["abs_rel"]
+        nan_frames = np.full(video.num_frames, np.nan)
+        for region in REGIONS:
+            found = sequence.regions.get(region)
+            for metric in REGION_DEPTH_METRICS:
+                means[f"{region}_{metric}"] = found.mean[metric] if found else float("nan")
+            curves[f"{region}_abs_rel"] = found.per_frame["abs_rel"] if found else nan_frames
     means.update({name: _nanmean(curves[name]) for name in TEMPORAL_METRICS})
     if not is_reference:
         drift = scale_drift(aligned, video.reference, mask)
