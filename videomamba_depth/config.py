@@ -20,12 +20,14 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from videomamba_depth.errors import InputError
+
 PARAMS_FILE = Path("params.yaml")
 
 C = TypeVar("C", bound="StageConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A params section that does not match its config class."""
 
 

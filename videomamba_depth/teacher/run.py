@@ -16,6 +16,7 @@ import zarr
 from tqdm import tqdm
 
 from videomamba_depth.camera import make_K, validate_K
+from videomamba_depth.errors import InputError
 from videomamba_depth.provenance import provenance
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext, read_frames
 from videomamba_depth.teacher.synthetic import SyntheticTeacher
@@ -35,7 +36,7 @@ TEACHERS: dict[str, type[Teacher]] = {"synthetic": SyntheticTeacher, "unidepth":
 BACKEND_PACKAGES = {"synthetic": ("opencv-python-headless",), "unidepth": ("unidepth", "huggingface_hub")}
 
 
-class TeacherOutputError(ValueError):
+class TeacherOutputError(InputError):
     """Teacher output that cannot be stored (wrong shapes, unusable intrinsics, mostly invalid depth)."""
 
 
