@@ -84,7 +84,7 @@ def load_section(cls: type[C], section: str, params: Mapping[str, Any] | None = 
     params = load_params() if params is None else params
     if section not in params:
         raise ConfigError(f"params.yaml: missing section '{section}'")
-    return cls.from_dict(params[section], where=section)
+    return cls.from_dict(params[section], where=f"{PARAMS_FILE}: {section}")
 
 
 def _plain(value: Any) -> Any:
