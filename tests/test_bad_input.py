@@ -422,6 +422,12 @@ ENTRY_POINT_CASES = {
         ["videomamba_depth.cli", "inspect", "none.zarr"],
         r"videomamba-depth inspect: error: none\.zarr: no such store",
     ),
+    "cli_infer_impossible_flag": (
+        lambda d: None,
+        ["videomamba_depth.cli", "infer", "v.mp4", "--checkpoint", "m.safetensors", "--out", "o.zarr",
+         "--long-edge", "0"],
+        r"videomamba-depth infer: error: flags: long_edge, .* must be >= 1",
+    ),
 }
 
 

@@ -82,7 +82,7 @@ def _infer(args: argparse.Namespace) -> int:
             "device": args.device, "hfov_deg": args.hfov, "points_every": args.points_every,
             "preview_range": args.preview_range, "anchoring": {"enabled": args.anchoring},
         },
-        where="videomamba-depth infer",
+        where="flags",
     )
     result = infer_video(args.video, args.checkpoint, args.out, config, intrinsics=args.intrinsics,
                          preview=args.preview)
