@@ -16,4 +16,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from videomamba_depth.errors import run_main
+
+    run_main(main)

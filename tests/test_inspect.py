@@ -114,14 +114,14 @@ def test_png(prepared, tmp_path, capsys, args, colour_mapped):
 )
 def test_cli_errors_are_one_line(prepared, tmp_path, capsys, args, message):
     args = [a.replace("x.png", str(tmp_path / "x.png")) for a in args]
-    assert cli.main(["inspect", str(prepared), "--no-stats", *args]) == 1
+    assert cli.main(["inspect", str(prepared), "--no-stats", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("videomamba-depth inspect: error: ") and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
 
 
 def test_missing_store(tmp_path, capsys):
-    assert cli.main(["inspect", str(tmp_path / "none.zarr")]) == 1
+    assert cli.main(["inspect", str(tmp_path / "none.zarr")]) == 2
     assert "none.zarr: no such store" in capsys.readouterr().err
 
 

@@ -277,6 +277,37 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypa
     assert list(steps) == [2, 4, 6, 8]  # the log continues where the crashed run left it
 
 
+def test_resumed_run_logs_the_same_curves_as_an_uninterrupted_run(project, monkeypatch):
+    """Killed after logging steps 4 and 6 but before the step-6 state: the resume from step 3 drops those
+    rows (no 2, 4, 6, 4, 6) and the curve files end byte-identical to an uninterrupted run's."""
+    cfg = config(steps=8, checkpoint_every=3, val_every=2, log_every=2, image_every=2)
+    train(cfg, out_dir=project / "full")
+    real_save = checkpoint_module.save_state
+
+    def crash_before_step_6(directory, state):
+        if state["step"] == 6:
+            raise KeyboardInterrupt("killed after logging step 6, before its checkpoint")
+        real_save(directory, state)
+
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", crash_before_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out_dir=project / "resumed")
+    killed = project / "resumed" / "dvclive" / "plots" / "metrics" / "val" / "log_l1.tsv"
+    assert list(np.loadtxt(killed, skiprows=1, usecols=0)) == [2, 4, 6]  # rows beyond the saved step 3
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
+    train(cfg, out_dir=project / "resumed")
+    full, resumed = (project / run / "dvclive" for run in ("full", "resumed"))
+    tsvs = sorted(p.relative_to(full) for p in full.rglob("*.tsv"))
+    assert len(tsvs) > 5 and tsvs == sorted(p.relative_to(resumed) for p in resumed.rglob("*.tsv"))
+    for tsv in tsvs:
+        assert (resumed / tsv).read_bytes() == (full / tsv).read_bytes(), tsv
+    assert list(np.loadtxt(killed, skiprows=1, usecols=0)) == [2, 4, 6, 8]
+    summaries = [json.loads((d / "metrics.json").read_text()) for d in (full, resumed)]
+    assert summaries[0] == summaries[1] and summaries[0]["step"] == 8
+    images = [sorted(p.name for p in (d / "plots" / "images").rglob("*.png")) for d in (full, resumed)]
+    assert images[0] == images[1] == ["000002.png", "000004.png", "000006.png", "000008.png"]
+
+
 def test_changed_params_start_fresh_instead_of_resuming(project, capsys):
     train(config(steps=3, val_every=3))
     train(config(steps=3, val_every=3, lr=5e-4))

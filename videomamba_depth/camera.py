@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from videomamba_depth.errors import InputError
 
-class IntrinsicsError(ValueError):
+
+class IntrinsicsError(InputError):
     """Intrinsics that are missing, malformed or physically impossible."""
 
 
@@ -52,33 +54,92 @@ def make_K(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
 def load_intrinsics(path: str | Path) -> np.ndarray:
     """Read intrinsics from a ``.json`` or ``.npy`` file: ``(3, 3)`` or per-frame ``(T, 3, 3)``, float64.
 
-    JSON may hold a 3x3 (or Tx3x3) nested list, ``{"K": ...}``, or ``{"fx", "fy", "cx", "cy"}`` in pixels.
+    JSON may hold a 3x3 (or Tx3x3) nested list, ``{"K": ...}``, or ``{"fx", "fy", "cx", "cy"}`` in pixels,
+    optionally with the frame size ``"width"``, ``"height"`` (:func:`intrinsics_size`). Values must be JSON
+    numbers (``"fx": "100"`` is rejected, not converted) and a ``.npy`` array must have a numeric dtype.
     """
     path = Path(path)
-    try:
-        if path.suffix == ".npy":
+    if path.suffix == ".npy":
+        try:
             K = np.load(path, allow_pickle=False)
-        elif path.suffix == ".json":
-            K = _K_from_json(json.loads(path.read_text()), path)
-        else:
-            raise IntrinsicsError(f"{path}: intrinsics must be a .json or .npy file")
+        except OSError as exc:
+            raise IntrinsicsError(f"{path}: cannot read intrinsics ({exc.strerror or exc})") from exc
+        except ValueError as exc:  # not an .npy file, or an object array (pickles are refused)
+            raise IntrinsicsError(f"{path}: cannot parse intrinsics ({exc})") from exc
+        if not isinstance(K, np.ndarray) or K.dtype.kind not in "iuf":
+            raise IntrinsicsError(
+                f"{path}: intrinsics must be a numeric array (pixels), got dtype {getattr(K, 'dtype', None)}"
+            )
+    elif path.suffix == ".json":
+        payload = _read_json(path)
+        _json_size(payload, path)
+        K = _K_from_json(payload, path)
+    else:
+        raise IntrinsicsError(f"{path}: intrinsics must be a .json or .npy file")
+    return validate_K(K, str(path))
+
+
+def intrinsics_size(path: str | Path) -> tuple[int, int] | None:
+    """``(W, H)`` stored next to K in a JSON intrinsics file (as :func:`save_intrinsics_json` writes it).
+
+    None for ``.npy`` files and JSON without both ``"width"`` and ``"height"``.
+    """
+    path = Path(path)
+    return _json_size(_read_json(path), path) if path.suffix == ".json" else None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
     except OSError as exc:
         raise IntrinsicsError(f"{path}: cannot read intrinsics ({exc.strerror or exc})") from exc
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, IntrinsicsError):
-            raise
+    except ValueError as exc:  # JSON syntax, or bytes that are not UTF-8
         raise IntrinsicsError(f"{path}: cannot parse intrinsics ({exc})") from exc
-    return validate_K(K, str(path))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _json_size(payload: object, path: Path) -> tuple[int, int] | None:
+    """Validated ``(width, height)`` of a JSON intrinsics payload, if it declares both."""
+    if not isinstance(payload, dict):
+        return None
+    for key in ("width", "height"):
+        value = payload.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise IntrinsicsError(f"{path}: '{key}' must be a positive whole number of pixels, got {value!r}")
+    if "width" in payload and "height" in payload:
+        return payload["width"], payload["height"]
+    return None
+
+
+def _number_array(value: object, path: Path, field: str) -> np.ndarray:
+    """``value`` (a number or nested lists of numbers) as float64; strings, booleans, null are rejected."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif not _is_number(item):
+            raise IntrinsicsError(f"{path}: '{field}' must hold numbers (pixels), got {item!r}")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except ValueError as exc:  # ragged nesting
+        raise IntrinsicsError(f"{path}: cannot parse intrinsics '{field}' ({exc})") from exc
 
 
 def _K_from_json(obj: object, path: Path) -> np.ndarray:
     if isinstance(obj, dict):
         if "K" in obj:
-            return np.asarray(obj["K"], dtype=np.float64)
+            return _number_array(obj["K"], path, "K")
         if {"fx", "fy", "cx", "cy"} <= obj.keys():
+            for key in ("fx", "fy", "cx", "cy"):
+                if not _is_number(obj[key]):
+                    raise IntrinsicsError(f"{path}: '{key}' must be a number (pixels), got {obj[key]!r}")
             return make_K(obj["fx"], obj["fy"], obj["cx"], obj["cy"])
         raise IntrinsicsError(f"{path}: JSON object needs 'K' or 'fx', 'fy', 'cx', 'cy'")
-    return np.asarray(obj, dtype=np.float64)
+    return _number_array(obj, path, "K")
 
 
 def save_intrinsics_json(path: str | Path, K: np.ndarray, width: int, height: int) -> None:

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from videomamba_depth.errors import call
+
 
 @dataclass(frozen=True)
 class Command:
@@ -71,14 +73,16 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from videomamba_depth.inference.anchoring import AnchoringConfig
     from videomamba_depth.inference.infer import InferConfig, infer_video
 
-    config = InferConfig(
-        long_edge=args.long_edge, pad_multiple=args.pad_multiple, video_backend=args.backend,
-        device=args.device, hfov_deg=args.hfov, points_every=args.points_every,
-        preview_range=None if args.preview_range is None else tuple(args.preview_range),
-        anchoring=AnchoringConfig(enabled=args.anchoring),
+    # Through from_dict, so an impossible flag value is a ConfigError (one line), not a bare ValueError.
+    config = InferConfig.from_dict(
+        {
+            "long_edge": args.long_edge, "pad_multiple": args.pad_multiple, "video_backend": args.backend,
+            "device": args.device, "hfov_deg": args.hfov, "points_every": args.points_every,
+            "preview_range": args.preview_range, "anchoring": {"enabled": args.anchoring},
+        },
+        where="flags",
     )
     result = infer_video(args.video, args.checkpoint, args.out, config, intrinsics=args.intrinsics,
                          preview=args.preview)
@@ -106,15 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``videomamba-depth`` script. Errors about inputs print one line and exit 1."""
+    """Entry point of the ``videomamba-depth`` script.
+
+    Bad input prints one line ``videomamba-depth COMMAND: error: ...`` and exits 2 (``VMD_DEBUG=1``: the
+    traceback); bugs keep their traceback (:mod:`videomamba_depth.errors`).
+    """
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return call(lambda: args.run(args), f"videomamba-depth {args.command}")
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (ValueError, OSError) as exc:  # our errors (store, video, intrinsics, config) are ValueErrors
-        print(f"videomamba-depth {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 

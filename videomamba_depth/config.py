@@ -20,12 +20,14 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from videomamba_depth.errors import InputError
+
 PARAMS_FILE = Path("params.yaml")
 
 C = TypeVar("C", bound="StageConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A params section that does not match its config class."""
 
 
@@ -82,7 +84,7 @@ def load_section(cls: type[C], section: str, params: Mapping[str, Any] | None = 
     params = load_params() if params is None else params
     if section not in params:
         raise ConfigError(f"params.yaml: missing section '{section}'")
-    return cls.from_dict(params[section], where=section)
+    return cls.from_dict(params[section], where=f"{PARAMS_FILE}: {section}")
 
 
 def _plain(value: Any) -> Any:

@@ -7,7 +7,6 @@ given (per frame, original pixels), or marked missing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +16,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from videomamba_depth.camera import IntrinsicsError, load_intrinsics, per_frame_K
+from videomamba_depth.camera import IntrinsicsError, intrinsics_size, load_intrinsics, per_frame_K
 from videomamba_depth.config import StageConfig
 from videomamba_depth.manifest import VideoEntry, store_path
 from videomamba_depth.pervideo import VideoTask, path_digest
@@ -123,7 +122,7 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
 def check_K_matches_video(K: np.ndarray, path: str, source: VideoSource) -> None:
     """Catch intrinsics meant for another resolution (or video) before decoding anything."""
     width, height = source.size
-    declared = _declared_size(path)
+    declared = intrinsics_size(path)
     if declared is not None and declared != (width, height):
         raise IntrinsicsError(
             f"{path}: intrinsics are for {declared[0]}x{declared[1]} frames, but {source.path} is "
@@ -144,13 +143,3 @@ def check_K_matches_video(K: np.ndarray, path: str, source: VideoSource) -> None
         raise IntrinsicsError(
             f"{path}: {len(K)} per-frame intrinsics for {source.path}, which has {source.num_frames} frames"
         )
-
-
-def _declared_size(path: str) -> tuple[int, int] | None:
-    """(W, H) stored next to K in a JSON intrinsics file (as save_intrinsics_json writes it), if any."""
-    if Path(path).suffix != ".json":
-        return None
-    payload = json.loads(Path(path).read_text())
-    if isinstance(payload, dict) and "width" in payload and "height" in payload:
-        return int(payload["width"]), int(payload["height"])
-    return None

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from videomamba_depth import viz
+from videomamba_depth.errors import InputError
 from videomamba_depth.zarrio import open_store
 
 # Statistics read at most this many uncompressed bytes at a time.
@@ -25,7 +26,7 @@ DEPTH_UNITS = frozenset({"m", "metres", "meters"})
 DEFAULT_PNG_ARRAYS = ("rgb", "depth")
 
 
-class InspectError(ValueError):
+class InspectError(InputError):
     """A request ``inspect`` cannot satisfy (no such array, not an image, frame out of range)."""
 
 

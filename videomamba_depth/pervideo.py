@@ -28,13 +28,14 @@ from typing import Any
 import zarr
 
 from videomamba_depth.codehash import code_fingerprint
+from videomamba_depth.errors import InputError
 from videomamba_depth.provenance import file_sha256, package_versions
 from videomamba_depth.zarrio import PARTIAL_MARK, REPLACED_MARK
 
 FINGERPRINT_ATTR = "fingerprint"
 
 
-class VideoFailures(ValueError):
+class VideoFailures(InputError):
     """Some videos of a stage failed; the message has one line per failed video."""
 
 
@@ -133,19 +134,17 @@ def run_videos(
             continue
         try:
             task.run()
-        except (ValueError, OSError) as exc:
-            failures.append(f"{stage}: {task.name}: {exc}")
-            print(failures[-1], flush=True)
+        except (InputError, OSError) as exc:
+            failures.append(f"{task.name}: {exc}")
+            print(f"{stage}: {failures[-1]}", flush=True)
             continue
         # Recorded last: a store killed before this line is simply recomputed by the next run.
         zarr.open_group(task.marker_path, mode="r+", zarr_format=3).attrs[FINGERPRINT_ATTR] = wanted
         status[task.name] = "computed"
         print(f"{stage}: {task.name}: computed", flush=True)
     if failures:
-        raise VideoFailures(
-            f"{len(failures)} of {len(tasks)} videos failed (the others are done and kept):\n"
-            + "\n".join(failures)
-        )
+        summary = f"{len(failures)} of {len(tasks)} videos failed; the others are done and kept"
+        raise VideoFailures("; ".join(failures) + f" ({summary})")
     return status
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from videomamba_depth.errors import InputError
+
 FORMAT_VERSION = 1
 
 # Target uncompressed bytes per chunk: large enough for zstd to work well, small enough that reading a short
@@ -48,7 +50,7 @@ PARTIAL_MARK = ".partial-"
 REPLACED_MARK = ".replaced-"
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that is missing, incomplete, or not of the expected kind."""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from videomamba_depth.camera import load_intrinsics, make_K, validate_K
+from videomamba_depth.camera import IntrinsicsError, load_intrinsics, make_K, validate_K
 from videomamba_depth.decode import check_K_matches_video
 from videomamba_depth.provenance import file_sha256
 from videomamba_depth.video.reader import VideoSource
@@ -45,7 +45,7 @@ class Intrinsics:
         if self.K.ndim == 2:
             return self.K
         if frame >= len(self.K):
-            raise ValueError(
+            raise IntrinsicsError(
                 f"{self.info.get('file')}: {len(self.K)} per-frame intrinsics, but the video has more frames"
             )
         return self.K[frame]
@@ -58,7 +58,7 @@ def K_from_hfov(width: int, height: int, hfov_deg: float) -> np.ndarray:
     and the principal point is ``((W - 1) / 2, (H - 1) / 2)`` (pixel centres at integers).
     """
     if not 0.0 < hfov_deg < 180.0:
-        raise ValueError(f"hfov must be in (0, 180) degrees, got {hfov_deg}")
+        raise IntrinsicsError(f"hfov must be in (0, 180) degrees, got {hfov_deg}")
     f = width / (2.0 * math.tan(math.radians(hfov_deg) / 2.0))
     return make_K(f, f, (width - 1) / 2.0, (height - 1) / 2.0)
 

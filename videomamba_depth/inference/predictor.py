@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 
 from videomamba_depth.inference.anchoring import AnchoringConfig, KeyframeAnchor
 from videomamba_depth.models import StudentStates, VideoMambaDepth, load_student
@@ -24,15 +23,13 @@ def load_checkpoint(
     """Load a student saved by ``save_student``; return it (eval mode, on ``device``) and its provenance.
 
     Provenance: ``{"name": file name, "sha256": ..., "model_config": ..., "backends": ...}`` (no absolute
-    path). A missing, truncated or foreign file raises a ``FileNotFoundError``/``ValueError`` naming it.
+    path). A missing file raises a ``FileNotFoundError``; a truncated or foreign one, or one whose tensors do
+    not match its config, a ``models.io.CheckpointError``; both name it.
     """
     path = Path(path)
-    try:
-        # The CUDA scan kernels are an inference-speed choice, not part of the weights: CPU runs use torch.
-        overrides = None if torch.device(device).type == "cuda" else {"ssm_backend": "torch"}
-        model = load_student(path, map_location=device, overrides=overrides)
-    except SafetensorError as exc:
-        raise ValueError(f"{path}: not a readable safetensors file, corrupt or truncated ({exc})") from exc
+    # The CUDA scan kernels are an inference-speed choice, not part of the weights: CPU runs use torch.
+    overrides = None if torch.device(device).type == "cuda" else {"ssm_backend": "torch"}
+    model = load_student(path, map_location=device, overrides=overrides)
     info = {
         "name": path.name,
         "sha256": file_sha256(path),

@@ -9,12 +9,12 @@ Public API:
 - ``StudentStates``: immutable per-scale SSM states with ``detach``, ``clone``, ``to``, ``reset``, ``nbytes``.
 - Encoders: ``ENCODERS`` (``cnn``, ``timm``), ``require_timm``.
 - ``load_external_checkpoint(module, path, prefix_map, strict)`` -> ``CheckpointReport``.
-- ``models.io``: ``save_student(path, model)``, ``load_student(path, map_location)``.
+- ``models.io``: ``save_student(path, model)``, ``load_student(path, map_location)`` (``CheckpointError``).
 """
 
 from videomamba_depth.models.checkpoint import CheckpointReport, load_external_checkpoint, read_state_dict
 from videomamba_depth.models.encoders import ENCODERS, SCALES, STRIDES, CnnEncoder, TimmEncoder, require_timm
-from videomamba_depth.models.io import load_student, save_student
+from videomamba_depth.models.io import CheckpointError, load_student, save_student
 from videomamba_depth.models.rays import RayFiLM, canonical_log_scale, focal_length, ray_features
 from videomamba_depth.models.states import StudentStates
 from videomamba_depth.models.student import (
@@ -30,6 +30,7 @@ __all__ = [
     "ENCODERS",
     "SCALES",
     "STRIDES",
+    "CheckpointError",
     "CheckpointReport",
     "CnnEncoder",
     "ModelConfig",

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
 
+from videomamba_depth.errors import InputError
 from videomamba_depth.models.student import ModelConfig, VideoMambaDepth, build_student
 from videomamba_depth.zarrio import atomic_file
 
@@ -26,6 +27,14 @@ FORMAT_VERSION = "2"
 # key, because safetensors writes its metadata map in a random order per process: with several keys the
 # same weights gave different bytes from run to run.
 METADATA_KEY = "videomamba_depth"
+# Tensor names listed per kind of mismatch in an error message.
+SHOWN = 3
+# safetensors header dtype names -> torch dtypes (the ones a student's state dict can hold).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def unwrap_student(model: nn.Module) -> VideoMambaDepth:
@@ -54,6 +63,10 @@ def save_student(path: str | Path, model: nn.Module) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+class CheckpointError(InputError):
+    """A student file that is unreadable, of another format, or whose tensors do not match its config."""
+
+
 def load_student(
     path: str | Path, map_location: torch.device | str = "cpu", overrides: Mapping[str, Any] | None = None
 ) -> VideoMambaDepth:
@@ -61,28 +74,79 @@ def load_student(
 
     ``overrides`` replaces config fields that do not change the weights, e.g. ``{"ssm_backend": "torch"}`` to
     run a model trained with the CUDA kernels on a CPU. No pretrained weights are fetched: the file has them.
+
+    Nothing is allocated before the file is checked: the config (bounded by ``ModelConfig``) is built on the
+    ``meta`` device and its tensor names, shapes and dtypes are compared with the file's header (read without
+    its data). So the model built is never larger than the weights the file really holds, and a file whose
+    metadata does not match its tensors fails with one :class:`CheckpointError` naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: student model file not found")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        try:
-            header = json.loads((f.metadata() or {})[METADATA_KEY])
-        except (KeyError, ValueError):
-            header = {}
-        if header.get("format") != FORMAT or "model_config" not in header:
-            raise ValueError(
-                f"{path}: not a VideoMambaDepth student file (no {METADATA_KEY!r} metadata with format "
-                f"{FORMAT!r}; saved by save_student?)"
-            )
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: student file format version {header.get('format_version')!r}, this code "
-                f"reads version {FORMAT_VERSION}"
-            )
-        state = {key: f.get_tensor(key) for key in f.keys()}
-    values = {**header["model_config"], **(overrides or {})}
-    config = ModelConfig.from_dict(values, where=f"{path} model_config")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            config = _student_config(path, f.metadata(), overrides)
+            slices = {key: f.get_slice(key) for key in f.keys()}  # header entries: no data is read
+            found = {key: (tuple(t.get_shape()), t.get_dtype()) for key, t in slices.items()}
+            with torch.device("meta"):  # shapes only: no memory, whatever sizes the header declares
+                expected = build_student(config, pretrained=False).state_dict()
+            problem = state_mismatch(found, expected)
+            if problem:
+                raise CheckpointError(f"{path}: tensors do not match the file's model_config: {problem}")
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file, corrupt or truncated ({exc})"
+        ) from exc
     model = build_student(config, pretrained=False)
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
+
+
+def _student_config(
+    path: Path, metadata: Mapping[str, str] | None, overrides: Mapping[str, Any] | None
+) -> ModelConfig:
+    """The ``ModelConfig`` stored in a student file's metadata, with ``overrides`` applied."""
+    try:
+        header = json.loads((metadata or {})[METADATA_KEY])
+    except (KeyError, ValueError):
+        header = {}
+    if not isinstance(header, dict) or header.get("format") != FORMAT or "model_config" not in header:
+        raise CheckpointError(
+            f"{path}: not a VideoMambaDepth student file (no {METADATA_KEY!r} metadata with format "
+            f"{FORMAT!r}; saved by save_student?)"
+        )
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: student file format version {header.get('format_version')!r}, this code "
+            f"reads version {FORMAT_VERSION}"
+        )
+    if not isinstance(header["model_config"], dict):
+        raise CheckpointError(f"{path}: model_config must be a mapping, got {header['model_config']!r}")
+    values = {**header["model_config"], **(overrides or {})}
+    return ModelConfig.from_dict(values, where=f"{path} model_config")
+
+
+def state_mismatch(
+    found: Mapping[str, tuple[tuple[int, ...], torch.dtype | str]], expected: Mapping[str, Tensor]
+) -> str | None:
+    """What differs between tensors ``found`` (name -> shape and dtype, a torch dtype or a safetensors name
+    such as ``F32``) and a model's ``expected`` state dict; None when names, shapes and dtypes all agree."""
+    differ = []
+    for key, tensor in expected.items():
+        if key in found:
+            shape, dtype = found[key]
+            torch_dtype = SAFETENSORS_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+            if tuple(shape) != tuple(tensor.shape) or torch_dtype != tensor.dtype:
+                differ.append(f"{key} {list(shape)} {dtype} vs {list(tensor.shape)} {tensor.dtype}")
+    kinds = {
+        "missing": [k for k in expected if k not in found],
+        "unexpected": [k for k in found if k not in expected],
+        "of another shape or dtype (file vs config)": differ,
+    }
+    problems = [
+        f"{len(items)} {title}: {', '.join(items[:SHOWN])}{', ...' if len(items) > SHOWN else ''}"
+        for title, items in kinds.items()
+        if items
+    ]
+    return "; ".join(problems) or None

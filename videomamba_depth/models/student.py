@@ -44,6 +44,23 @@ from videomamba_depth.ssm import ScaleState, TemporalFeatureMixer, TemporalMamba
 # and the log losses defined if the network ever diverges.
 DEPTH_RANGE = (1e-3, 1e4)
 
+# Allowed range of every size in ``ModelConfig`` (inclusive). The upper bounds are far above any sensible
+# student (ViT-g is 1536 channels wide, mamba_ssm's largest d_state 256, ResNet-152's longest stage 36
+# blocks): a config beyond them is a typo or a crafted checkpoint header, rejected before anything is built.
+SIZE_BOUNDS = {
+    "widths": (1, 8192),
+    "decoder_widths": (1, 8192),
+    "head_width": (1, 8192),
+    "ray_hidden": (1, 8192),
+    "cnn_blocks": (0, 256),
+    "temporal_blocks": (1, 256),
+    "d_state": (1, 1024),
+    "d_conv": (1, 64),
+    "expand": (1, 64),
+    "headdim": (1, 8192),
+    "ffn_mult": (1, 64),
+}
+
 # Parameters never weight-decayed besides biases and norm weights (all 1-D): the SSM's decay rates, skip
 # and step-size biases (as in mamba_ssm's `_no_weight_decay`), and ViT token/position embeddings.
 NO_DECAY_NAMES = frozenset({"A_log", "D", "dt_bias", "pos_embed", "cls_token", "reg_token", "mask_token"})
@@ -116,10 +133,12 @@ class ModelConfig(StageConfig):
             value = getattr(self, name)
             if len(value) != len(SCALES):
                 raise ValueError(f"{name} needs one value per scale {list(SCALES)}, got {list(value)}")
-        if min(self.widths) < 1 or min(self.decoder_widths) < 1 or self.head_width < 1 or self.ray_hidden < 1:
-            raise ValueError("widths, decoder_widths, head_width and ray_hidden must be >= 1")
-        if min(self.cnn_blocks) < 0:
-            raise ValueError(f"cnn_blocks must be >= 0, got {list(self.cnn_blocks)}")
+        for name, (low, high) in SIZE_BOUNDS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(not low <= v <= high for v in values):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ValueError(f"{name} must be in [{low}, {high}], got {shown}")
         unknown = sorted(set(self.temporal_scales) - set(SCALES))
         if unknown or len(set(self.temporal_scales)) != len(self.temporal_scales):
             raise ValueError(

@@ -18,6 +18,7 @@ import zarr
 from tqdm import tqdm
 
 from videomamba_depth.camera import make_K, validate_K
+from videomamba_depth.errors import InputError
 from videomamba_depth.manifest import store_path
 from videomamba_depth.pervideo import VideoTask, input_fingerprint, path_digest
 from videomamba_depth.provenance import provenance
@@ -39,7 +40,7 @@ TEACHERS: dict[str, type[Teacher]] = {"synthetic": SyntheticTeacher, "unidepth":
 BACKEND_PACKAGES = {"synthetic": ("opencv-python-headless",), "unidepth": ("unidepth", "huggingface_hub")}
 
 
-class TeacherOutputError(ValueError):
+class TeacherOutputError(InputError):
     """Teacher output that cannot be stored (wrong shapes, unusable intrinsics, mostly invalid depth)."""
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from videomamba_depth.models.io import state_mismatch
 
 STATE_FILE = "state.pt"
 STATE_VERSION = 2
@@ -30,8 +33,11 @@ def save_state(directory: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_state(directory: Path, run_identity: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The saved state if it belongs to a run with ``run_identity``, else None; and why, for the log."""
+def load_state(
+    directory: Path, run_identity: dict[str, Any], model: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, Any] | None, str]:
+    """The saved state if it belongs to a run with ``run_identity`` and its weights fit ``model`` (the
+    model's state dict: names, shapes, dtypes), else None; and why, for the log."""
     path = directory / STATE_FILE
     if not path.is_file():
         return None, f"no resumable state at {path}: starting fresh"
@@ -39,12 +45,20 @@ def load_state(directory: Path, run_identity: dict[str, Any]) -> tuple[dict[str,
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say so and start over rather than crash
         return None, f"{path}: unreadable resumable state ({exc}): starting fresh"
-    if state.get("version") != STATE_VERSION:
-        return None, f"{path}: state version {state.get('version')}, expected {STATE_VERSION}: starting fresh"
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        return None, f"{path}: state version {version}, expected {STATE_VERSION}: starting fresh"
     saved = state.get("run_identity", {})
     if saved != run_identity:
         changed = sorted(k for k in saved.keys() | run_identity.keys() if saved.get(k) != run_identity.get(k))
         return None, f"{path}: saved by a run with other params ({', '.join(changed)}): starting fresh"
+    # Same params and code, yet weights that do not fit the model: a damaged or foreign file.
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return None, f"{path}: no model weights in the resumable state: starting fresh"
+    problem = state_mismatch({k: (tuple(v.shape), v.dtype) for k, v in weights.items()}, model)
+    if problem:
+        return None, f"{path}: weights do not fit the model ({problem}): starting fresh"
     return state, f"resuming from {path} at step {state['step']}"
 
 

@@ -68,6 +68,56 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
 
 
+def rewind_dvclive(directory: Path, step: int) -> None:
+    """Forget what DVCLive logged in ``directory`` after ``step``, the step a resumed run continues from.
+
+    A run killed after its last saved state has already logged later rows; appending to them would give
+    curves such as steps 20, 40, 60, 40, 60. So every metrics TSV keeps only its rows at steps <= ``step``
+    (a file left with none is deleted), images named after a later step (``{step:06d}.png``) are deleted, and
+    the summary (``metrics.json``) is set back to ``step`` and the last kept values: the files then match an
+    uninterrupted run's at that step, and the resumed run continues them as that run did.
+    """
+    metrics_dir = directory / "plots" / "metrics"
+    latest: dict[tuple[str, ...], str | None] = {}
+    for tsv in sorted(metrics_dir.rglob("*.tsv")):
+        header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        column = header.rstrip("\r\n").split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[column]) <= step]
+        if len(kept) == len(rows):
+            continue
+        if kept:
+            with atomic_file(tsv) as tmp:
+                tmp.write_text("".join([header, *kept]), encoding="utf-8")
+        else:
+            tsv.unlink()
+        key = tsv.relative_to(metrics_dir).with_suffix("").parts
+        latest[key] = kept[-1].rstrip("\r\n").split("\t")[-1] if kept else None
+    for image in (directory / "plots" / "images").rglob("*.png"):
+        if image.stem.isdigit() and int(image.stem) > step:
+            image.unlink()
+    summary_file = directory / "metrics.json"
+    if not summary_file.is_file():
+        return
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    summary["step"] = step
+    for (*groups, name), value in latest.items():
+        parent = summary
+        for group in groups:
+            parent = parent.setdefault(group, {})
+        if value is None:
+            parent.pop(name, None)
+        else:  # DVCLive keeps non-finite values as strings ("nan"), finite ones as numbers
+            parent[name] = value if isinstance(parent.get(name), str) else float(value)
+    summary = _without_empty_groups(summary)
+    with atomic_file(summary_file) as tmp:
+        tmp.write_text(json.dumps(summary, indent=4) + "\n", encoding="utf-8")
+
+
+def _without_empty_groups(summary: dict) -> dict:
+    groups = {k: _without_empty_groups(v) if isinstance(v, dict) else v for k, v in summary.items()}
+    return {k: v for k, v in groups.items() if v != {}}
+
+
 def train(config: TrainConfig, out_dir: Path = OUT_DIR) -> TrainResult:
     """Train the student on ``config.videos``; see the module docstring for what is written."""
     context = setup(config.device)
@@ -106,6 +156,9 @@ class _Trainer:
         )
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step, self.best_metric = 0, math.inf
+        # Loss terms of the steps since the last train/ log row (their means are the next row); saved with
+        # the state, so a resumed run logs the same rows as an uninterrupted one.
+        self.running: dict[str, list[float]] = defaultdict(list)
         # What a resumable state must match: the params that change results, the number of processes (it
         # sets the global batch and each rank's share) and the library code (DVC re-runs this stage after a
         # code change; resuming a finished state then would return the old weights).
@@ -157,7 +210,6 @@ class _Trainer:
         )
         live = self._live()
         last_validation: dict[str, float] = {}
-        running: dict[str, list[float]] = defaultdict(list)
         progress = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -170,13 +222,13 @@ class _Trainer:
             terms = self._train_step(net, batch)
             self.step += 1
             for name, value in terms.items():
-                running[name].append(value)
+                self.running[name].append(value)
             progress.update(1)
             progress.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[-1]:.2e}")
             last = self.step == cfg.steps
             if ctx.is_main and (self.step % cfg.log_every == 0 or last):
-                self._log_train(live, running)
-                running.clear()
+                self._log_train(live, self.running)
+                self.running.clear()
             if ctx.is_main and (self.step % cfg.val_every == 0 or last):
                 last_validation = self._validate(live)
             if ctx.is_main and cfg.image_every and (self.step % cfg.image_every == 0 or last):
@@ -321,10 +373,11 @@ class _Trainer:
             return None
         from dvclive import Live
 
+        directory = self.out_dir / "dvclive"
+        if self.step > 0:
+            rewind_dvclive(directory, self.step)
         # DVCLive only writes files here; dvc.yaml declares them (it must not rewrite dvc.yaml itself).
-        live = Live(
-            dir=str(self.out_dir / "dvclive"), resume=self.step > 0, save_dvc_exp=False, dvcyaml=False
-        )
+        live = Live(dir=str(directory), resume=self.step > 0, save_dvc_exp=False, dvcyaml=False)
         live.step = self.step
         return live
 
@@ -333,7 +386,7 @@ class _Trainer:
         if not self.config.resume:
             state, message = None, "train.resume is false: starting fresh"
         else:
-            state, message = load_state(self.out_dir / "state", self.run_identity)
+            state, message = load_state(self.out_dir / "state", self.run_identity, self.model.state_dict())
         if self.ctx.is_main:
             print(message, file=sys.stderr)
         if state is None:
@@ -345,6 +398,7 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
+        self.running.update({name: list(values) for name, values in state["running"].items()})
         # The batches need no sampler state: the step plan is a pure function of (seed, step). Nothing draws
         # from the global RNGs after initialisation today (no dropout; the plan has its own generators);
         # restoring them keeps any future use reproducible across a resume.
@@ -364,6 +418,7 @@ class _Trainer:
             {
                 "step": self.step,
                 "best_metric": self.best_metric,
+                "running": {name: list(values) for name, values in self.running.items()},
                 "run_identity": self.run_identity,
                 "config": self.config.to_dict(),
                 "model": self.model.state_dict(),

@@ -31,6 +31,7 @@ import av
 import cv2
 import numpy as np
 
+from videomamba_depth.errors import InputError
 from videomamba_depth.video import decord_worker
 
 BACKENDS = ("decord", "pyav")
@@ -52,7 +53,7 @@ _ESTIMATE_SLACK_FRAMES = 2
 _ESTIMATE_SLACK_FRACTION = 0.02
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video or frame folder that cannot be decoded; the message names the file and the problem."""
 
 
