@@ -1,18 +1,34 @@
 """Bad input: every case fails with an error naming the file and the problem, and leaves no store behind."""
 
 import json
+import re
 
 import av
 import cv2
+import google_crc32c
 import numpy as np
 import pytest
-from video_inputs import H, W, leftovers, smooth_frames, tiny_K, truncate, write_video, write_with_pyav
+import yaml
+import zarr
+from video_inputs import (
+    H,
+    T,
+    W,
+    leftovers,
+    smooth_frames,
+    tiny_K,
+    truncate,
+    write_frames_store,
+    write_video,
+    write_with_pyav,
+)
 
+from videomamba_depth import cli
 from videomamba_depth.camera import IntrinsicsError, save_intrinsics_json
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.video.reader import VideoError
-from videomamba_depth.zarrio import open_store
+from videomamba_depth.zarrio import FORMAT_VERSION, StoreError, open_store
 
 BACKENDS = ("decord", "pyav")
 
@@ -157,3 +173,90 @@ def test_one_bad_video_does_not_affect_the_others(tmp_path, good):
     assert sorted(p.name for p in tmp_path.glob("*.zarr*")) == ["first.zarr", "last.zarr"]
     for out in outputs.values():
         assert open_store(out, "frames")["rgb"].shape[0] == 10
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged stores: every reader (here the prepare stage and inspect) refuses them, naming store, array, shard.
+
+RGB_SHARD = "rgb/c/0/0/0/0"
+
+
+def _drop_first_chunk(store):
+    """Mark the first chunk of the rgb shard as not stored, with a valid index checksum (a lost chunk)."""
+    array = zarr.open_array(store / "rgb", mode="r")
+    index_bytes = 16 * (array.shards[0] // array.chunks[0])
+    shard = store / RGB_SHARD
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-index_bytes - 4 : -4]), "<u8").copy()
+    index[:2] = 2**64 - 1
+    data[-index_bytes - 4 :] = index.tobytes() + np.uint32(google_crc32c.value(index.tobytes())).tobytes()
+    shard.write_bytes(bytes(data))
+
+
+def _set_format_version(store, version):
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = version
+    (store / "zarr.json").write_text(json.dumps(meta))
+
+
+STORE_CASES = {
+    "shard_deleted": (lambda s: (s / RGB_SHARD).unlink(), r"/rgb: 1 shard file\(s\) missing \(c/0/0/0/0\)"),
+    "metadata_shard_deleted": (lambda s: (s / "K/c/0/0/0").unlink(), r"/K: 1 shard file\(s\) missing"),
+    "shard_truncated": (
+        lambda s: truncate(s / RGB_SHARD, s / RGB_SHARD, 0.7),
+        r"/rgb: shard c/0/0/0/0 is truncated or corrupt \(its index checksum does not match\)",
+    ),
+    "shard_emptied": (
+        lambda s: (s / RGB_SHARD).write_bytes(b""), r"/rgb: shard c/0/0/0/0 is truncated \(0 bytes"
+    ),
+    "chunk_lost": (_drop_first_chunk, r"/rgb: shard c/0/0/0/0 lacks 1 chunk\(s\) inside the array"),
+    "older_format": (
+        lambda s: _set_format_version(s, 1), rf"format_version 1; this code reads {FORMAT_VERSION}"
+    ),
+}
+
+
+def _frames_store(d, frames=None):
+    return write_frames_store(d / "data" / "frames" / "v.zarr", smooth_frames() if frames is None else frames,
+                              tiny_K())
+
+
+def _run_prepare(d, monkeypatch):
+    from stages import prepare as stage
+
+    params = {"videos": {"v": {"video": "unused.mp4"}}, "prepare": {"long_edge": 32, "pad_multiple": 14}}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(d)
+    stage.main(["v"])
+    return d / "data" / "prepared" / "v.zarr"
+
+
+@pytest.mark.parametrize("case", list(STORE_CASES))
+def test_damaged_store_fails_the_stage_that_reads_it(tmp_path, monkeypatch, case):
+    damage, message = STORE_CASES[case]
+    store = _frames_store(tmp_path)
+    damage(store)
+    with pytest.raises(StoreError, match=message) as info:
+        _run_prepare(tmp_path, monkeypatch)
+    assert str(info.value).startswith(f"{store.relative_to(tmp_path)}: incomplete or corrupt store")
+    assert leftovers(tmp_path / "data" / "prepared", "v.zarr") == []
+
+
+@pytest.mark.parametrize("case", list(STORE_CASES))
+def test_inspect_flags_damaged_store(tmp_path, capsys, case):
+    damage, message = STORE_CASES[case]
+    store = _frames_store(tmp_path)
+    damage(store)
+    assert cli.main(["inspect", str(store)]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"videomamba-depth inspect: error: {store}: incomplete or corrupt store: ")
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    # The report still prints, problems first.
+    assert "PROBLEMS: incomplete or corrupt store" in out and re.search(message, out)
+
+
+def test_black_frames_are_stored_not_mistaken_for_missing_chunks(tmp_path, monkeypatch):
+    """Chunks equal to the fill value (black frames, all-False masks) are written: verification passes."""
+    _frames_store(tmp_path, np.zeros((T, H, W, 3), np.uint8))
+    prepared = open_store(_run_prepare(tmp_path, monkeypatch), "prepared")
+    assert prepared["rgb"].shape[0] == T and not prepared["rgb"][:].any()
