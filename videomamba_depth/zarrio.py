@@ -198,6 +198,20 @@ def create_time_array(
     )
 
 
+def copy_time_array(source: zarr.Array, group: zarr.Group, name: str) -> zarr.Array:
+    """Copy a time array with its dims, units and description into ``group``, one source shard at a time."""
+    array = create_time_array(
+        group, name, source.shape[1:], source.dtype, dims=source.metadata.dimension_names,
+        units=source.attrs.get("units", ""), description=source.attrs.get("description", ""),
+        fill_value=source.fill_value,
+    )
+    step = source.shards[0] if source.shards is not None else source.chunks[0]
+    with TimeWriter(array) as writer:
+        for t0 in range(0, source.shape[0], step):
+            writer.append(source[t0 : t0 + step])
+    return array
+
+
 def create_static_array(
     group: zarr.Group,
     name: str,
@@ -283,8 +297,10 @@ class TimeWriter:
 def open_store(path: str | Path, kind: str | None = None, *, verify: bool = True) -> zarr.Group:
     """Open a finished store read-only; check its ``kind`` when given. Clear errors name the path.
 
-    With ``verify`` (the default, for every reader) the store must pass :func:`verify_store`: a store with a
-    missing or truncated shard raises a :class:`StoreError` naming the store, the array and the shard.
+    With ``verify`` (the default, for every reader) the arrays of the group itself must pass
+    :func:`verify_store`: a missing or truncated shard raises a :class:`StoreError` naming the store, the
+    array and the shard. Subgroups are not opened (training must never read the ``gt`` group); a reader of a
+    subgroup verifies the arrays it uses with :func:`require_arrays`.
     """
     path = Path(path)
     if not path.exists():
@@ -298,14 +314,17 @@ def open_store(path: str | Path, kind: str | None = None, *, verify: bool = True
     if kind is not None and group.attrs.get("kind") != kind:
         raise StoreError(f"{path}: expected a '{kind}' store, found kind={group.attrs.get('kind')!r}")
     if verify:
-        problems = verify_store(path, group)
-        if problems:
-            shown = "; ".join(str(p) for p in problems[:_PROBLEMS_SHOWN])
-            more = f"; and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
-            raise StoreError(
-                f"{path}: incomplete or corrupt store (re-run the stage that writes it): {shown}{more}"
-            )
+        _raise_problems(path, verify_store(path, group, recursive=False))
     return group
+
+
+def _raise_problems(path: str | Path, problems: Sequence[StoreProblem]) -> None:
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:_PROBLEMS_SHOWN])
+        more = f"; and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
+        raise StoreError(
+            f"{path}: incomplete or corrupt store (re-run the stage that writes it): {shown}{more}"
+        )
 
 
 @dataclass(frozen=True)
@@ -319,11 +338,14 @@ class StoreProblem:
         return f"{self.array}: {self.message}" if self.array else self.message
 
 
-def verify_store(path: str | Path, group: zarr.Group | None = None) -> list[StoreProblem]:
+def verify_store(
+    path: str | Path, group: zarr.Group | None = None, *, recursive: bool = True
+) -> list[StoreProblem]:
     """Every problem that makes the store at ``path`` incomplete or corrupt; empty when it is sound.
 
     Cheap: lists the shard files and reads each shard's index (16 bytes per chunk), never the chunk data.
-    Checks, for every array of the group and its subgroups: each shard (or chunk) file the array's shape
+    Checks, for every array of the group (and, if ``recursive``, of its subgroups): each shard (or chunk)
+    file the array's shape
     needs exists; each shard index has a matching crc32c checksum, lists every chunk inside the array's
     extent, and points only at bytes inside the file (a truncated shard fails this). Stores of an older
     ``format_version``, which skipped chunks equal to the fill value, cannot be verified and are reported.
@@ -334,7 +356,7 @@ def verify_store(path: str | Path, group: zarr.Group | None = None) -> list[Stor
     version = _root_attrs(path).get("format_version")
     if version is not None and version != FORMAT_VERSION:
         problems.append(StoreProblem("", f"format_version {version}; this code reads {FORMAT_VERSION}"))
-    for array in _arrays(group):
+    for array in _arrays(group) if recursive else _own_arrays(path, group):
         # Array paths are relative to the group opened at ``path`` (zarr's store root).
         problems += _verify_array(array, path / array.path)
     return problems
@@ -349,6 +371,21 @@ def _root_attrs(path: Path) -> dict:
         return json.loads((root / "zarr.json").read_text()).get("attributes", {})
     except (OSError, ValueError):
         return {}
+
+
+def _own_arrays(path: Path, group: zarr.Group) -> Iterator[zarr.Array]:
+    """The arrays directly in the group at ``path``, found without opening its subgroups.
+
+    zarr's own listing opens every member; this reads only each child's ``node_type``. Metadata that does
+    not parse is skipped here: it fails loudly when used, unlike a missing shard, which reads as fill values.
+    """
+    for child in sorted(path.iterdir()):
+        try:
+            node_type = json.loads((child / "zarr.json").read_text()).get("node_type")
+        except (OSError, ValueError):
+            continue
+        if node_type == "array":
+            yield group[child.name]
 
 
 def _arrays(group: zarr.Group) -> Iterator[zarr.Array]:
@@ -422,7 +459,9 @@ def _verify_shard(
 
 
 def require_arrays(group: zarr.Group, path: str | Path, names: Sequence[str]) -> None:
-    """Raise a :class:`StoreError` naming the store when any of ``names`` is missing from ``group``."""
+    """Raise a :class:`StoreError` naming the store when any of ``names`` is missing from ``group`` (stored
+    at ``path``) or incomplete (:func:`verify_store`); for a subgroup this is its only verification."""
     missing = [n for n in names if n not in group]
     if missing:
         raise StoreError(f"{path}: missing array(s) {missing}")
+    _raise_problems(path, [p for n in names for p in _verify_array(group[n], Path(path) / n)])
