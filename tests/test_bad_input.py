@@ -79,6 +79,15 @@ def _corrupt_avi(d, name="bad.avi"):
     return corrupt_packets(write_avi(d / name, smooth_frames(60)), DAMAGED_PACKETS)
 
 
+# Zeroed packets 5 and 17 of 30 (keyframes every 12): the decoder rejects them, so frames 5 and 17 are missing
+# and frames 6-11 and 18-23, predicted from them, are damaged: decoded frames 5-10 and 16-21.
+REJECTED_PACKETS = [5, 17]
+
+
+def _rejected_avi(d):
+    return corrupt_packets(write_avi(d / "rej.avi", smooth_frames(30)), REJECTED_PACKETS, whole=True)
+
+
 def _folder(d, sizes=((W, H),) * 4, corrupt=None):
     folder = d / "frames"
     folder.mkdir()
@@ -113,6 +122,11 @@ VIDEO_CASES = {
         _corrupt_avi,
         r"bad\.avi: corrupt video data: 10 of 60 decoded frames damaged \(first: frame 20 at 1\.333 s\); "
         r"set decode\.on_corrupt: record",
+    ),
+    "rejected_packets": (
+        _rejected_avi,
+        r"rej\.avi: .*12 of 28 decoded frames damaged \(first: frame 5 at 0\.400 s\), 2 "
+        r"packet\(s\) rejected by the decoder \(first: packet 5 \(Invalid data",
     ),
     "zero_frames": (_zero_frames, r"zero\.mp4: no video stream \(the file holds no frames\)"),
     "empty_folder": (lambda d: (d / "frames", (d / "frames").mkdir())[0], r"frames: folder holds no frames"),
@@ -368,3 +382,16 @@ def test_sparse_timestamps_are_kept_not_taken_for_truncation(tmp_path, monkeypat
     prepared = open_store(_run_prepare(tmp_path, monkeypatch), "prepared")
     np.testing.assert_array_equal(prepared["timestamps"][:], group["timestamps"][:])
     assert prepared.attrs["vfr"] is True and prepared.attrs["fps"] == group.attrs["fps"]
+
+
+def test_rejected_packets_leave_gaps_in_the_timestamps(tmp_path, monkeypatch):
+    """decode.on_corrupt: record with PyAV: frames of rejected packets are missing, visible in timestamps."""
+    video = _rejected_avi(tmp_path)
+    store = _run_decode(tmp_path, monkeypatch, video, backend="pyav", on_corrupt="record")
+    group = open_store(store, "frames")
+    kept = [t for t in range(30) if t not in REJECTED_PACKETS]
+    assert group["rgb"].shape[0] == len(kept) == 28
+    np.testing.assert_allclose(group["timestamps"][:], np.array(kept) / 15, atol=1e-9)
+    np.testing.assert_array_equal(np.flatnonzero(group["corrupt"][:]), [*range(5, 11), *range(16, 22)])
+    assert group.attrs["rejected_packets"] == 2 and group.attrs["corrupt_frames"] == 12
+    assert group.attrs["vfr"] is True  # the gaps make the timing irregular

@@ -172,11 +172,12 @@ def write_avi(
     return path
 
 
-def corrupt_packets(path: Path, packets: list[int], seed: int = 0) -> Path:
+def corrupt_packets(path: Path, packets: list[int], seed: int = 0, *, whole: bool = False) -> Path:
     """Overwrite the middle third of the given packets (decode order) with random bytes, in place.
 
     The container stays intact (every packet where the index says); the decoder meets damaged slices and
-    conceals them: green blocks and smearing that last until the next keyframe.
+    conceals them: green blocks and smearing that last until the next keyframe. With ``whole``, the packets
+    are zeroed entirely: the decoder rejects them as invalid data and their frames are missing.
     """
     with av.open(str(path)) as container:
         spans = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
@@ -184,6 +185,9 @@ def corrupt_packets(path: Path, packets: list[int], seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for i in packets:
         pos, size = spans[i]
+        if whole:
+            data[pos : pos + size] = bytes(size)
+            continue
         start, length = pos + size // 3, max(4, size // 3)
         data[start : start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))

@@ -97,8 +97,8 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
             log = source.log
             if config.on_corrupt == "fail" and (log.corrupt.any() or log.rejected):
                 raise VideoError(
-                    f"{describe_damage(entry.video, log)}; set decode.on_corrupt: record to keep the video "
-                    "with those frames marked"
+                    f"{entry.video}: corrupt video data: {log.damage()}; set decode.on_corrupt: record to "
+                    "keep the video with those frames marked"
                 )
             _write_frame_timing(group, log)
             if K is not None:
@@ -117,19 +117,6 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
                 "source": {**attrs["source"], "color_conversion": list(source.conversions)},
             })
     return out
-
-
-def describe_damage(path: str | Path, log: FrameLog) -> str:
-    """One line: which decoded frames are damaged and which packets the decoder rejected."""
-    damaged = np.flatnonzero(log.corrupt)
-    parts = []
-    if len(damaged):
-        first = int(damaged[0])
-        parts.append(f"{len(damaged)} of {len(log)} decoded frames damaged (first: frame {first} at "
-                     f"{log.timestamps[first]:.3f} s)")
-    if log.rejected:
-        parts.append(f"{len(log.rejected)} packet(s) rejected by the decoder (first: {log.rejected[0]})")
-    return f"{path}: corrupt video data: {', '.join(parts)}"
 
 
 def _write_frame_timing(group: zarr.Group, log: FrameLog) -> None:

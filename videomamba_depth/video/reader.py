@@ -301,6 +301,20 @@ class FrameLog:
         median = float(np.median(intervals))
         return bool(np.abs(intervals - median).max() > VFR_TOLERANCE * median)
 
+    def damage(self) -> str:
+        """One phrase: how many frames are damaged (the first, and when), how many packets were rejected."""
+        damaged = np.flatnonzero(self.corrupt)
+        parts = []
+        if len(damaged):
+            first = int(damaged[0])
+            parts.append(f"{len(damaged)} of {len(self)} decoded frames damaged (first: frame {first} at "
+                         f"{self.timestamps[first]:.3f} s)")
+        if self.rejected:
+            parts.append(
+                f"{len(self.rejected)} packet(s) rejected by the decoder (first: {self.rejected[0]})"
+            )
+        return ", ".join(parts)
+
     @property
     def mean_fps(self) -> float:
         """Frames per second over the frames' time span (the nominal rate for fewer than two frames)."""
@@ -501,9 +515,9 @@ class DecordSource(VideoSource):
         except VideoError as exc:
             reason = str(exc).removeprefix(f"{self.path}: ")
             return VideoError(f"{failed}; PyAV cannot read it either: {reason}")
-        damaged = int(log.corrupt.sum()) + len(log.rejected)
-        if damaged:
-            return VideoError(f"{failed}; PyAV finds {damaged} damaged frame(s) or packet(s) in it")
+        if log.corrupt.any() or log.rejected:
+            return VideoError(f"{failed}; PyAV finds {log.damage()}: decode.backend: pyav with "
+                              "decode.on_corrupt: record keeps the video with those frames marked")
         return VideoError(f"{failed}; the video is valid: PyAV decodes all {len(log)} frames, so "
                           "decode.backend: pyav reads it")
 
@@ -542,8 +556,8 @@ class DecordSource(VideoSource):
         self.log = scan.result()
         if len(self.log) != self.num_frames:
             raise VideoError(
-                f"{self.path}: decord decoded {self.num_frames} frames, PyAV {len(self.log)}; the stream is "
-                "ambiguous to decord: set decode.backend: pyav"
+                f"{self.path}: decord decoded {self.num_frames} frames, its PyAV damage and timing check "
+                f"{len(self.log)}; set decode.backend: pyav to decode with PyAV alone"
             )
 
     def close(self) -> None:
