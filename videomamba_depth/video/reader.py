@@ -453,7 +453,8 @@ class DecordSource(VideoSource):
         self.fps = self.probe.fps
         self.size = self.probe.size
         self.conversions = _conversions(self.probe.pixel_format)
-        self.info = _probe_info(self.probe)
+        # Damage flags and timestamps come from the IntegrityScan, not from decord: recorded with the source.
+        self.info = {**_probe_info(self.probe), "damage_and_timing_from": f"pyav {av.__version__}"}
         self.log = FrameLog(self.fps)
         self.stall_timeout_s = stall_timeout_s
         self._scan: IntegrityScan | None = None
