@@ -26,12 +26,12 @@ from video_inputs import (
     write_with_pyav,
 )
 
-from videomamba_depth import cli
+from videomamba_depth import cli, inspect
 from videomamba_depth.camera import IntrinsicsError, save_intrinsics_json
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.video.reader import VideoError
-from videomamba_depth.zarrio import FORMAT_VERSION, StoreError, open_store
+from videomamba_depth.zarrio import FORMAT_VERSION, StoreError, open_store, verify_store
 
 BACKENDS = ("decord", "pyav")
 
@@ -324,8 +324,11 @@ def test_inspect_flags_damaged_store(tmp_path, capsys, case):
     out, err = capsys.readouterr()
     assert err.startswith(f"videomamba-depth inspect: error: {store}: incomplete or corrupt store: ")
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
-    # The report still prints, problems first.
+    # The report still prints, problems first; damaged arrays get no statistics (they would read as zeros).
     assert "PROBLEMS: incomplete or corrupt store" in out and re.search(message, out)
+    damaged = {problem.array for problem in verify_store(store) if problem.array}
+    no_stats = {a["path"] for a in inspect.describe_store(store)["arrays"] if a["stats"] is None}
+    assert no_stats == damaged
 
 
 def test_black_frames_are_stored_not_mistaken_for_missing_chunks(tmp_path, monkeypatch):
