@@ -10,23 +10,41 @@ from pathlib import Path
 
 import av
 import cv2
+import google_crc32c
 import numpy as np
 import pytest
 import torch
 import yaml
+import zarr
 from safetensors.torch import load_file, save_file
 from training_fixtures import TINY_MODEL, tiny_model_config, write_training_video
-from video_inputs import H, W, leftovers, smooth_frames, tiny_K, truncate, write_video, write_with_pyav
+from video_inputs import (
+    H,
+    T,
+    W,
+    corrupt_packets,
+    decode_all,
+    leftovers,
+    smooth_frames,
+    tiny_K,
+    truncate,
+    write_avi,
+    write_frames_store,
+    write_video,
+    write_with_pyav,
+)
 
-from videomamba_depth import cli
+from videomamba_depth import cli, inspect
 from videomamba_depth.camera import IntrinsicsError, save_intrinsics_json
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.errors import InputError
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.models import ModelConfig, build_student, save_student
 from videomamba_depth.models.io import FORMAT, FORMAT_VERSION, METADATA_KEY
+from videomamba_depth.pervideo import VideoFailures
 from videomamba_depth.video.reader import VideoError
-from videomamba_depth.zarrio import open_store
+from videomamba_depth.zarrio import FORMAT_VERSION as STORE_FORMAT_VERSION
+from videomamba_depth.zarrio import StoreError, open_store, verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +79,30 @@ def _faststart_cut(d):
     return truncate(full, d / "cut.mp4", 0.6)
 
 
+def _avi_cut(d):
+    """AVI keeps its index (idx1) at the end: cut the file and only the header's frame count is left."""
+    return truncate(write_avi(d / "full.avi", smooth_frames(60)), d / "cut.avi", 0.6)
+
+
+# Packets 20, 33 and 45 (P-frames; keyframes every 12) are damaged: the decoder conceals the errors, and the
+# damage lasts until the next keyframe: frames 20-23, 33-35 and 45-47.
+DAMAGED_PACKETS = [20, 33, 45]
+DAMAGED_FRAMES = [20, 21, 22, 23, 33, 34, 35, 45, 46, 47]
+
+
+def _corrupt_avi(d, name="bad.avi"):
+    return corrupt_packets(write_avi(d / name, smooth_frames(60)), DAMAGED_PACKETS)
+
+
+# Zeroed packets 5 and 17 of 30 (keyframes every 12): the decoder rejects them, so frames 5 and 17 are missing
+# and frames 6-11 and 18-23, predicted from them, are damaged: decoded frames 5-10 and 16-21.
+REJECTED_PACKETS = [5, 17]
+
+
+def _rejected_avi(d):
+    return corrupt_packets(write_avi(d / "rej.avi", smooth_frames(30)), REJECTED_PACKETS, whole=True)
+
+
 def _folder(d, sizes=((W, H),) * 4, corrupt=None):
     folder = d / "frames"
     folder.mkdir()
@@ -88,6 +130,19 @@ VIDEO_CASES = {
     ),
     "data_cut_off": (_faststart_cut, r"cut\.mp4: (truncated or corrupt|corrupt video data|decord failed)"),
     "duration_says_more": (_mkv_cut, r"cut\.mkv: truncated or corrupt video: .* 30 frames, only \d+"),
+    "avi_cut_off": (
+        _avi_cut, r"cut\.avi: truncated or corrupt video: the container declares 60 frames, only \d+ are in"
+    ),
+    "corrupt_packets": (
+        _corrupt_avi,
+        r"bad\.avi: corrupt video data: 10 of 60 decoded frames damaged \(first: frame 20 at 1\.333 s\); "
+        r"set decode\.on_corrupt: record",
+    ),
+    "rejected_packets": (
+        _rejected_avi,
+        r"rej\.avi: .*12 of 28 decoded frames damaged \(first: frame 5 at 0\.400 s\), 2 "
+        r"packet\(s\) rejected by the decoder \(first: packet 5 \(Invalid data",
+    ),
     "zero_frames": (_zero_frames, r"zero\.mp4: no video stream \(the file holds no frames\)"),
     "empty_folder": (lambda d: (d / "frames", (d / "frames").mkdir())[0], r"frames: folder holds no frames"),
     "mixed_sizes": (
@@ -98,16 +153,57 @@ VIDEO_CASES = {
 }
 
 
+def _stage_main(stage, name):
+    """Run ``stage`` for video ``name``, raising that video's own error (the stage reports all of them)."""
+    try:
+        stage.main([name])
+    except VideoFailures as exc:
+        raise exc.errors[name] from None
+
+
+def _run_decode(d, monkeypatch, video, name="v", **decode):
+    """The decode stage's entry point, in ``d`` with a params.yaml naming ``video``; returns the store."""
+    from stages import decode as stage
+
+    params = {"videos": {name: {"video": str(video)}}, "decode": decode}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(d)
+    _stage_main(stage, name)
+    return d / "data" / "frames" / f"{name}.zarr"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(VIDEO_CASES))
-def test_bad_video(tmp_path, case, backend):
+def test_bad_video(tmp_path, monkeypatch, case, backend):
     make, message = VIDEO_CASES[case]
     video = make(tmp_path)
-    out = tmp_path / "out" / "bad.zarr"
     with pytest.raises(VideoError, match=message) as info:
-        decode_video(VideoEntry(str(video)), out, DecodeConfig(backend=backend), name="bad")
+        _run_decode(tmp_path, monkeypatch, video, "bad", backend=backend)
     assert str(tmp_path) in str(info.value)  # the full path as given, not just a base name
-    assert leftovers(out.parent, "bad.zarr") == []
+    assert len(str(info.value).splitlines()) == 1
+    assert leftovers(tmp_path / "data" / "frames", "bad.zarr") == []
+
+
+# Valid videos decord cannot decode (its frame copy assumes unpadded rows): the error names the backend and
+# says PyAV reads them, which the test checks.
+DECORD_ONLY_FAILURES = {f"tiny_{w}x{h}": (w, h) for w, h in ((16, 16), (24, 24), (48, 32))}
+
+
+@pytest.mark.parametrize("case", list(DECORD_ONLY_FAILURES))
+def test_decord_failure_on_a_valid_video_points_to_pyav(tmp_path, monkeypatch, case):
+    w, h = DECORD_ONLY_FAILURES[case]
+    frames = smooth_frames(5, h, w)
+    video = write_video(tmp_path / f"{case}.mp4", frames)
+    with pytest.raises(VideoError) as info:
+        _run_decode(tmp_path, monkeypatch, video, "tiny", backend="decord")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert re.fullmatch(
+        rf"{tmp_path}/{case}\.mp4: decord failed while decoding frames 0-4 \(DECORDError: .+\); the video is "
+        r"valid: PyAV decodes all 5 frames, so decode\.backend: pyav reads it", message
+    ), message
+    rgb = open_store(_run_decode(tmp_path, monkeypatch, video, "tiny", backend="pyav"), "frames")["rgb"][:]
+    assert rgb.shape == (5, h, w, 3) and np.abs(rgb.astype(int) - frames).mean() < 10
 
 
 def _npy(d, K):
@@ -192,6 +288,162 @@ def test_one_bad_video_does_not_affect_the_others(tmp_path, good):
     assert sorted(p.name for p in tmp_path.glob("*.zarr*")) == ["first.zarr", "last.zarr"]
     for out in outputs.values():
         assert open_store(out, "frames")["rgb"].shape[0] == 10
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged stores: every reader (here the prepare stage and inspect) refuses them, naming store, array, shard.
+
+RGB_SHARD = "rgb/c/0/0/0/0"
+
+
+def _drop_first_chunk(store):
+    """Mark the first chunk of the rgb shard as not stored, with a valid index checksum (a lost chunk)."""
+    array = zarr.open_array(store / "rgb", mode="r")
+    index_bytes = 16 * (array.shards[0] // array.chunks[0])
+    shard = store / RGB_SHARD
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-index_bytes - 4 : -4]), "<u8").copy()
+    index[:2] = 2**64 - 1
+    data[-index_bytes - 4 :] = index.tobytes() + np.uint32(google_crc32c.value(index.tobytes())).tobytes()
+    shard.write_bytes(bytes(data))
+
+
+def _set_format_version(store, version):
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = version
+    (store / "zarr.json").write_text(json.dumps(meta))
+
+
+STORE_CASES = {
+    "shard_deleted": (lambda s: (s / RGB_SHARD).unlink(), r"/rgb: 1 shard file\(s\) missing \(c/0/0/0/0\)"),
+    "metadata_shard_deleted": (lambda s: (s / "K/c/0/0/0").unlink(), r"/K: 1 shard file\(s\) missing"),
+    "shard_truncated": (
+        lambda s: truncate(s / RGB_SHARD, s / RGB_SHARD, 0.7),
+        r"/rgb: shard c/0/0/0/0 is truncated or corrupt \(its index checksum does not match\)",
+    ),
+    "shard_emptied": (
+        lambda s: (s / RGB_SHARD).write_bytes(b""), r"/rgb: shard c/0/0/0/0 is truncated \(0 bytes"
+    ),
+    "chunk_lost": (_drop_first_chunk, r"/rgb: shard c/0/0/0/0 lacks 1 chunk\(s\) inside the array"),
+    "older_format": (
+        lambda s: _set_format_version(s, 1), rf"format_version 1; this code reads {STORE_FORMAT_VERSION}"
+    ),
+}
+
+
+def _frames_store(d, frames=None):
+    return write_frames_store(d / "data" / "frames" / "v.zarr", smooth_frames() if frames is None else frames,
+                              tiny_K())
+
+
+def _run_prepare(d, monkeypatch):
+    from stages import prepare as stage
+
+    params = {"videos": {"v": {"video": "unused.mp4"}}, "prepare": {"long_edge": 32, "pad_multiple": 14}}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(d)
+    _stage_main(stage, "v")
+    return d / "data" / "prepared" / "v.zarr"
+
+
+@pytest.mark.parametrize("case", list(STORE_CASES))
+def test_damaged_store_fails_the_stage_that_reads_it(tmp_path, monkeypatch, case):
+    damage, message = STORE_CASES[case]
+    store = _frames_store(tmp_path)
+    damage(store)
+    with pytest.raises(StoreError, match=message) as info:
+        _run_prepare(tmp_path, monkeypatch)
+    assert str(info.value).startswith(f"{store.relative_to(tmp_path)}: incomplete or corrupt store")
+    assert leftovers(tmp_path / "data" / "prepared", "v.zarr") == []
+
+
+@pytest.mark.parametrize("case", list(STORE_CASES))
+def test_inspect_flags_damaged_store(tmp_path, capsys, case):
+    damage, message = STORE_CASES[case]
+    store = _frames_store(tmp_path)
+    damage(store)
+    assert cli.main(["inspect", str(store)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"videomamba-depth inspect: error: {store}: incomplete or corrupt store: ")
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    # The report still prints, problems first; damaged arrays get no statistics (they would read as zeros).
+    assert "PROBLEMS: incomplete or corrupt store" in out and re.search(message, out)
+    damaged = {problem.array for problem in verify_store(store) if problem.array}
+    no_stats = {a["path"] for a in inspect.describe_store(store)["arrays"] if a["stats"] is None}
+    assert no_stats == damaged
+
+
+def test_black_frames_are_stored_not_mistaken_for_missing_chunks(tmp_path, monkeypatch):
+    """Chunks equal to the fill value (black frames, all-False masks) are written: verification passes."""
+    _frames_store(tmp_path, np.zeros((T, H, W, 3), np.uint8))
+    prepared = open_store(_run_prepare(tmp_path, monkeypatch), "prepared")
+    assert prepared["rgb"].shape[0] == T and not prepared["rgb"][:].any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged and oddly timed videos that are kept: what the store records about them.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_frames_recorded_when_asked(tmp_path, monkeypatch, backend):
+    """decode.on_corrupt: record keeps the video; the frames marked are exactly those that decode wrong."""
+    clean = decode_all(write_avi(tmp_path / "clean.avi", smooth_frames(60)))
+    video = _corrupt_avi(tmp_path)
+    store = _run_decode(tmp_path, monkeypatch, video, backend=backend, on_corrupt="record")
+    group = open_store(store, "frames")
+    rgb = group["rgb"][:]
+    assert rgb.shape[0] == 60
+    # Concealed frames are visibly off (green blocks, smearing: tens of levels); intact ones are identical.
+    broken = np.abs(rgb.astype(int) - clean).mean(axis=(1, 2, 3)) > 1.0
+    np.testing.assert_array_equal(np.flatnonzero(broken), DAMAGED_FRAMES)
+    np.testing.assert_array_equal(np.flatnonzero(group["corrupt"][:]), DAMAGED_FRAMES)
+    assert group.attrs["corrupt_frames"] == len(DAMAGED_FRAMES) and group.attrs["rejected_packets"] == 0
+    assert group.attrs["provenance"]["params"]["on_corrupt"] == "record"
+    if backend == "decord":  # what decord cannot report comes from PyAV, and the store says so
+        assert group.attrs["source"]["damage_and_timing_from"] == f"pyav {av.__version__}"
+
+
+# Frame numbers (at 15 frames/s) of the coded frames of a sparse AVI, as a screen recorder writes when the
+# picture does not change: the index holds empty "repeat the previous frame" entries between them.
+SPARSE_PTS = [0, 11, 17, 24, 30, 41, 50, 52, 60, 70, 71, 72, 90]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_timestamps_are_kept_not_taken_for_truncation(tmp_path, monkeypatch, backend):
+    frames = smooth_frames(len(SPARSE_PTS))
+    video = write_avi(tmp_path / "sparse.avi", frames, pts=SPARSE_PTS)
+    with av.open(str(video)) as container:  # the fixture is what the issue describes
+        assert container.streams.video[0].frames == SPARSE_PTS[-1] + 1
+    store = _run_decode(tmp_path, monkeypatch, video, backend=backend)
+    group = open_store(store, "frames")
+    assert group["rgb"].shape[0] == len(SPARSE_PTS) and group.attrs["num_frames"] == len(SPARSE_PTS)
+    # One stored frame per coded frame, in order (no duplicates for the empty entries); decord's colour
+    # conversion differs from PyAV's by a level or so.
+    assert np.abs(group["rgb"][:].astype(int) - decode_all(video)).mean() < 1.0
+    np.testing.assert_allclose(group["timestamps"][:], np.array(SPARSE_PTS) / 15, atol=1e-9)
+    assert group["timestamps"].dtype == np.float64 and group["timestamps"].attrs["units"] == "s"
+    assert group.attrs["vfr"] is True and group.attrs["source"]["container_fps"] == 15.0
+    assert group.attrs["fps"] == pytest.approx((len(SPARSE_PTS) - 1) / (SPARSE_PTS[-1] / 15))
+    assert not group["corrupt"][:].any() and group.attrs["corrupt_frames"] == 0
+    # prepare carries the per-frame timing through.
+    prepared = open_store(_run_prepare(tmp_path, monkeypatch), "prepared")
+    np.testing.assert_array_equal(prepared["timestamps"][:], group["timestamps"][:])
+    assert prepared.attrs["vfr"] is True and prepared.attrs["fps"] == group.attrs["fps"]
+
+
+def test_rejected_packets_leave_gaps_in_the_timestamps(tmp_path, monkeypatch):
+    """decode.on_corrupt: record with PyAV: frames of rejected packets are missing, visible in timestamps."""
+    video = _rejected_avi(tmp_path)
+    store = _run_decode(tmp_path, monkeypatch, video, backend="pyav", on_corrupt="record")
+    group = open_store(store, "frames")
+    kept = [t for t in range(30) if t not in REJECTED_PACKETS]
+    assert group["rgb"].shape[0] == len(kept) == 28
+    np.testing.assert_allclose(group["timestamps"][:], np.array(kept) / 15, atol=1e-9)
+    np.testing.assert_array_equal(np.flatnonzero(group["corrupt"][:]), [*range(5, 11), *range(16, 22)])
+    assert group.attrs["rejected_packets"] == 2 and group.attrs["corrupt_frames"] == 12
+    assert group.attrs["vfr"] is True  # the gaps make the timing irregular
+
+
 
 
 # --- intrinsics through `videomamba-depth infer` ------------------------------------------------------------

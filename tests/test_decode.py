@@ -55,8 +55,12 @@ def test_backends_agree_and_match_source(tmp_path, video):
         attrs = group.attrs
         assert attrs["decoder"]["backend"] == backend and attrs["decoder"]["version"]
         assert attrs["provenance"]["backend"] == backend
-        assert attrs["provenance"]["params"] == {"backend": backend, "folder_fps": 30.0}
+        assert attrs["provenance"]["params"] == {"backend": backend, "folder_fps": 30.0, "on_corrupt": "fail"}
         assert attrs["fps"] == 10.0 and attrs["original_size"] == [W, H] and attrs["num_frames"] == T
+        # Constant frame rate: timestamps every 1/fps, nothing damaged.
+        np.testing.assert_allclose(group["timestamps"][:], np.arange(T) / 10.0, atol=1e-9)
+        assert attrs["vfr"] is False and attrs["source"]["container_fps"] == 10.0
+        assert not group["corrupt"][:].any() and attrs["corrupt_frames"] == attrs["rejected_packets"] == 0
         assert attrs["source"]["path"] == str(path) and attrs["source"]["sha256"] == file_sha256(path)
         assert attrs["source"]["codec"] == "h264" and attrs["source"]["color_conversion"] == []
         assert attrs["intrinsics"] == "missing" and attrs["intrinsics_file"] is None and "K" not in group
@@ -71,7 +75,9 @@ def test_store_layout_few_files_and_independent_reader(tmp_path, video):
     save_intrinsics_json(tmp_path / "K.json", K, W, H)
     group, out = _decode(tmp_path, path, "pyav", intrinsics=tmp_path / "K.json")
     # Root metadata + one metadata file and one shard per array.
-    assert store_files(out) == ["K/c/0/0/0", "K/zarr.json", "rgb/c/0/0/0/0", "rgb/zarr.json", "zarr.json"]
+    assert store_files(out) == ["K/c/0/0/0", "K/zarr.json", "corrupt/c/0", "corrupt/zarr.json",
+                                "rgb/c/0/0/0/0", "rgb/zarr.json", "timestamps/c/0", "timestamps/zarr.json",
+                                "zarr.json"]
     assert group["rgb"].metadata.dimension_names == ("t", "y", "x", "c")
     assert group["K"].metadata.dimension_names == ("t", "i", "j") and group["K"].attrs["units"] == "pixels"
     for name in ("rgb", "K"):
@@ -134,7 +140,8 @@ def test_frame_folder_natural_order_and_conversions(tmp_path):
     expected[3] = frames[3, ..., :1]
     np.testing.assert_array_equal(group["rgb"][:], expected)  # PNG is lossless: exact, in natural order
     attrs = group.attrs
-    assert attrs["decoder"]["backend"] == "opencv" and attrs["fps"] == 12.5
+    assert attrs["decoder"]["backend"] == "opencv" and attrs["fps"] == 12.5 and attrs["vfr"] is False
+    np.testing.assert_allclose(group["timestamps"][:], np.arange(12) / 12.5)
     assert attrs["original_size"] == [63, 47] and attrs["num_frames"] == 12
     assert attrs["source"]["sha256"] is None
     assert attrs["source"]["color_conversion"] == ["alpha channel dropped", "grayscale replicated to R=G=B"]

@@ -46,8 +46,9 @@ def test_description_numbers(prepared):
     files = [os.path.join(r, f) for r, _, fs in os.walk(prepared) for f in fs]
     assert d["files"] == len(files) and d["stored_bytes"] == sum(os.path.getsize(f) for f in files)
     arrays = {a["path"]: a for a in d["arrays"]}
-    assert sorted(arrays) == ["/K", "/gt/K", "/gt/depth", "/gt/flow_fwd", "/gt/flow_fwd_valid",
-                              "/gt/motion_mask", "/gt/pose_c2w", "/rgb", "/valid"]
+    assert sorted(arrays) == ["/K", "/corrupt", "/gt/K", "/gt/depth", "/gt/flow_fwd", "/gt/flow_fwd_valid",
+                              "/gt/motion_mask", "/gt/pose_c2w", "/rgb", "/timestamps", "/valid"]
+    assert d["problems"] == []
     rgb = arrays["/rgb"]
     stored = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(prepared / "rgb") for f in fs)
     assert rgb["stored_bytes"] == stored and rgb["raw_bytes"] == T * 56 * 70 * 3

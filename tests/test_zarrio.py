@@ -7,6 +7,7 @@ import pytest
 import tensorstore as ts
 
 from videomamba_depth.zarrio import (
+    FORMAT_VERSION,
     MAX_CHUNK_FRAMES,
     SHARD_BYTES,
     StoreError,
@@ -52,7 +53,8 @@ def test_streamed_write_roundtrip_and_independent_reader(tmp_path):
                 w2.append(depth[i : i + 7])
             assert w1.length == 23
     g = open_store(path, "frames")
-    assert g.attrs["kind"] == "frames" and g.attrs["format_version"] == 1 and g.attrs["fps"] == 24.0
+    assert g.attrs["kind"] == "frames" and g.attrs["fps"] == 24.0
+    assert g.attrs["format_version"] == FORMAT_VERSION
     np.testing.assert_array_equal(g["rgb"][:], frames)
     np.testing.assert_array_equal(g["depth"][:], depth)
     assert g["rgb"].metadata.dimension_names == ("t", "y", "x", "c")

@@ -78,6 +78,8 @@ def write_frames_store(
     """A ``frames`` store as the decode stage writes it, straight from arrays (no video coding loss)."""
     attrs = {
         "fps": fps,
+        "vfr": False,
+        "corrupt_frames": 0,
         "original_size": [frames.shape[2], frames.shape[1]],
         "num_frames": len(frames),
         "intrinsics": "missing" if K is None else "given",
@@ -87,6 +89,12 @@ def write_frames_store(
                                 units="sRGB", description="frames")
         with TimeWriter(rgb) as writer:
             writer.append(frames)
+        for name, values, units in (("timestamps", np.arange(len(frames)) / fps, "s"),
+                                    ("corrupt", np.zeros(len(frames), bool), "bool")):
+            array = create_time_array(group, name, (), values.dtype, dims=("t",), units=units,
+                                      description=name)
+            with TimeWriter(array) as writer:
+                writer.append(values)
         if K is not None:
             k = create_time_array(group, "K", (3, 3), "float64", dims=("t", "i", "j"), units="pixels",
                                   description="K")
@@ -140,3 +148,53 @@ def store_files(path: Path) -> list[str]:
 def leftovers(directory: Path, name: str) -> list[str]:
     """Anything named like ``name`` or its temporary copies in ``directory``."""
     return sorted(p.name for p in Path(directory).glob(f"{name}*"))
+
+
+def write_avi(
+    path: Path, frames: np.ndarray, *, pts: list[int] | None = None, fps: int = 15, gop: int = 12
+) -> Path:
+    """MPEG-4 part 2 in AVI (as old cameras and screen recorders write), keyframes every ``gop`` frames.
+
+    With ``pts`` (increasing frame numbers at ``fps``), frames are shown at those times: the AVI muxer fills
+    the gaps with empty "repeat the previous frame" index entries (variable frame timing in a CFR container).
+    """
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.gop_size = gop
+        for t, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            video_frame.pts = t if pts is None else pts[t]
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def corrupt_packets(path: Path, packets: list[int], seed: int = 0, *, whole: bool = False) -> Path:
+    """Overwrite the middle third of the given packets (decode order) with random bytes, in place.
+
+    The container stays intact (every packet where the index says); the decoder meets damaged slices and
+    conceals them: green blocks and smearing that last until the next keyframe. With ``whole``, the packets
+    are zeroed entirely: the decoder rejects them as invalid data and their frames are missing.
+    """
+    with av.open(str(path)) as container:
+        spans = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in packets:
+        pos, size = spans[i]
+        if whole:
+            data[pos : pos + size] = bytes(size)
+            continue
+        start, length = pos + size // 3, max(4, size // 3)
+        data[start : start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def decode_all(path: Path) -> np.ndarray:
+    """Every frame of a video as ``(T, H, W, 3)`` uint8, decoded plainly by PyAV (a reference)."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

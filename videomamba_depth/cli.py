@@ -37,9 +37,14 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     # Imported here so each subcommand loads only its own dependencies (the CLI starts fast).
     from videomamba_depth.inspect import describe_store, format_report, render_png
+    from videomamba_depth.zarrio import StoreError
 
     description = describe_store(args.path, stats=not args.no_stats)
     print(json.dumps(description, indent=2) if args.json else format_report(description))
+    problems = description["problems"]
+    if problems:  # after the report, which lists them all: the exit status and one line on stderr flag it
+        more = f" (and {len(problems) - 1} more, listed above)" if len(problems) > 1 else ""
+        raise StoreError(f"{args.path}: incomplete or corrupt store: {problems[0]}{more}")
     if args.png:
         out = render_png(args.path, args.png, array=args.array, frame=args.frame, row=args.row, xt=args.xt)
         print(f"wrote {out}", file=sys.stderr)

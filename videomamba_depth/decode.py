@@ -2,7 +2,9 @@
 
 Frames are streamed from the decoder into the store one shard at a time, so memory stays bounded whatever
 the length or resolution of the video. Intrinsics are validated before any frame is decoded and stored as
-given (per frame, original pixels), or marked missing.
+given (per frame, original pixels), or marked missing. Every frame's presentation time is stored (variable
+frame timing is kept, not resampled), and frames the decoder reports as damaged either fail the video or
+are marked (``decode.on_corrupt``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import zarr
 from tqdm import tqdm
 
 from videomamba_depth.camera import IntrinsicsError, intrinsics_size, load_intrinsics, per_frame_K
@@ -21,7 +24,7 @@ from videomamba_depth.config import StageConfig
 from videomamba_depth.manifest import VideoEntry, store_path
 from videomamba_depth.pervideo import VideoTask, path_digest
 from videomamba_depth.provenance import file_sha256, provenance
-from videomamba_depth.video.reader import DEFAULT_FOLDER_FPS, VideoSource, open_video
+from videomamba_depth.video.reader import DEFAULT_FOLDER_FPS, FrameLog, VideoError, VideoSource, open_video
 from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
 KIND = "frames"
@@ -34,10 +37,14 @@ class DecodeConfig(StageConfig):
 
     - ``backend``: "decord" (default) or "pyav" for video files; an explicit choice, never a fallback.
     - ``folder_fps``: frame rate recorded for folders of frames, which carry no timing (default 30).
+    - ``on_corrupt``: frames the decoder reports as damaged (corrupt or concealed data, or predicted from
+      such a frame before the next keyframe) and packets it rejects: "fail" (default) raises naming the
+      file and the frames; "record" keeps the video and marks them in the store's ``corrupt`` array.
     """
 
     backend: Literal["decord", "pyav"] = "decord"
     folder_fps: float = DEFAULT_FOLDER_FPS
+    on_corrupt: Literal["fail", "record"] = "fail"
 
     def __post_init__(self) -> None:
         if not self.folder_fps > 0:
@@ -66,10 +73,12 @@ def decode_tasks(manifest: Mapping[str, VideoEntry], config: DecodeConfig) -> li
 def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, name: str = "") -> Path:
     """Decode ``entry.video`` into a ``frames`` store at ``out``; return ``out``.
 
-    Store layout: ``rgb`` ``(T, H, W, 3)`` uint8 at the original resolution; ``K`` ``(T, 3, 3)`` float64 when
-    intrinsics are given. Raises :class:`~videomamba_depth.video.reader.VideoError` or
-    :class:`~videomamba_depth.camera.IntrinsicsError` naming the file; nothing is left at ``out`` then (an
-    existing store there is kept).
+    Store layout: ``rgb`` ``(T, H, W, 3)`` uint8 at the original resolution; ``timestamps`` ``(T,)`` float64
+    seconds from the first frame; ``corrupt`` ``(T,)`` bool; ``K`` ``(T, 3, 3)`` float64 when intrinsics are
+    given. Attributes ``fps`` (the mean rate of the frames when the timing is variable, ``vfr``),
+    ``corrupt_frames`` and ``rejected_packets`` (counts). Raises
+    :class:`~videomamba_depth.video.reader.VideoError` or :class:`~videomamba_depth.camera.IntrinsicsError`
+    naming the file; nothing is left at ``out`` then (an existing store there is kept).
     """
     out = Path(out)
     K = load_intrinsics(entry.intrinsics) if entry.intrinsics is not None else None
@@ -105,6 +114,13 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
                     writer.append(frames)
                     progress.update(len(frames))
             num_frames = writer.length
+            log = source.log
+            if config.on_corrupt == "fail" and (log.corrupt.any() or log.rejected):
+                raise VideoError(
+                    f"{entry.video}: corrupt video data: {log.damage()}; set decode.on_corrupt: record to "
+                    "keep the video with those frames marked"
+                )
+            _write_frame_timing(group, log)
             if K is not None:
                 K_array = create_time_array(
                     group, "K", (3, 3), "float64", dims=("t", "i", "j"), units="pixels",
@@ -114,9 +130,28 @@ def decode_video(entry: VideoEntry, out: str | Path, config: DecodeConfig, *, na
                     k_writer.append(per_frame_K(K, num_frames, str(entry.intrinsics)))
             group.attrs.update({
                 "num_frames": num_frames,
+                "fps": log.mean_fps if log.variable_rate else source.fps,
+                "vfr": log.variable_rate,
+                "corrupt_frames": int(log.corrupt.sum()),
+                "rejected_packets": len(log.rejected),
                 "source": {**attrs["source"], "color_conversion": list(source.conversions)},
             })
     return out
+
+
+def _write_frame_timing(group: zarr.Group, log: FrameLog) -> None:
+    """The per-frame ``timestamps`` and ``corrupt`` arrays of a ``frames`` store."""
+    for name, values, units, description in (
+        ("timestamps", log.timestamps, "s",
+         "presentation time of the frame, from the first frame (intervals vary when attrs.vfr)"),
+        ("corrupt", log.corrupt, "bool",
+         "the decoder flagged the frame as damaged, or it is predicted from a damaged frame or a rejected "
+         "packet before the next keyframe"),
+    ):
+        array = create_time_array(group, name, (), values.dtype, dims=("t",), units=units,
+                                  description=description)
+        with TimeWriter(array) as writer:
+            writer.append(values)
 
 
 def check_K_matches_video(K: np.ndarray, path: str, source: VideoSource) -> None:

@@ -2,7 +2,9 @@
 
 Works on any Zarr v3 group (every store the pipeline writes, including subgroups such as ``prepared``'s
 ``gt``): the tree, shapes, dtypes, dimension names, chunk and shard shapes, codecs, stored vs raw bytes,
-per-array statistics (streamed over blocks of frames, so memory stays bounded) and the attributes.
+per-array statistics (streamed over blocks of frames, so memory stays bounded) and the attributes. A damaged
+store (a missing or truncated shard, see :func:`~videomamba_depth.zarrio.verify_store`) is still described,
+with its problems listed first and no statistics for the damaged arrays (they would read as fill values).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import zarr
 
 from videomamba_depth import viz
 from videomamba_depth.errors import InputError
-from videomamba_depth.zarrio import open_store
+from videomamba_depth.zarrio import open_store, verify_store
 
 # Statistics read at most this many uncompressed bytes at a time.
 STATS_BLOCK_BYTES = 64 * 2**20
@@ -31,14 +33,20 @@ class InspectError(InputError):
 
 
 def describe_store(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
-    """A JSON-serialisable description of the group at ``path``: groups and arrays, recursively."""
+    """A JSON-serialisable description of the group at ``path``: groups and arrays, recursively.
+
+    ``problems`` lists what makes the store incomplete or corrupt (empty when it is sound).
+    """
     path = Path(path)
-    root = open_store(path)
+    root = open_store(path, verify=False)
+    problems = verify_store(path, root)
+    damaged = {p.array for p in problems}
     groups, arrays = [], []
-    _walk(root, path, "", groups, arrays, stats)
+    _walk(root, path, "", groups, arrays, stats, damaged)
     return {
         "path": str(path),
         "kind": root.attrs.get("kind"),
+        "problems": [str(p) for p in problems],
         "files": sum(len(files) for _, _, files in os.walk(path)),
         "stored_bytes": _dir_bytes(path),
         "attrs": dict(root.attrs),
@@ -47,14 +55,18 @@ def describe_store(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     }
 
 
-def _walk(group: zarr.Group, root: Path, prefix: str, groups: list, arrays: list, stats: bool) -> None:
+def _walk(
+    group: zarr.Group, root: Path, prefix: str, groups: list, arrays: list, stats: bool, damaged: set[str]
+) -> None:
     for name, node in sorted(group.members(), key=lambda m: m[0]):
         member = f"{prefix}/{name}"
         if isinstance(node, zarr.Group):
             groups.append({"path": member, "attrs": dict(node.attrs)})
-            _walk(node, root, member, groups, arrays, stats)
+            _walk(node, root, member, groups, arrays, stats, damaged)
         else:
-            arrays.append(describe_array(node, member, root / member.lstrip("/"), stats=stats))
+            arrays.append(
+                describe_array(node, member, root / member.lstrip("/"), stats=stats and member not in damaged)
+            )
 
 
 def describe_array(array: zarr.Array, name: str, directory: Path, *, stats: bool = True) -> dict[str, Any]:
@@ -140,6 +152,12 @@ def format_report(description: dict[str, Any]) -> str:
         "  attributes:",
         *_format_attrs(d["attrs"], 4),
     ]
+    if d["problems"]:
+        lines[1:1] = [
+            "  PROBLEMS: incomplete or corrupt store (re-run the stage that writes it; no stats for damaged "
+            "arrays):",
+            *(f"    {p}" for p in d["problems"]),
+        ]
     nodes = [(g["path"], g, None) for g in d["groups"]] + [(a["path"], None, a) for a in d["arrays"]]
     for node_path, group, a in sorted(nodes, key=lambda n: n[0]):
         if group is not None:

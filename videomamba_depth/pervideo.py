@@ -36,7 +36,11 @@ FINGERPRINT_ATTR = "fingerprint"
 
 
 class VideoFailures(InputError):
-    """Some videos of a stage failed; the message has one line per failed video."""
+    """Some videos of a stage failed: ``errors`` maps each failed video to its error."""
+
+    def __init__(self, message: str, errors: Mapping[str, Exception]) -> None:
+        super().__init__(message)
+        self.errors = dict(errors)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def run_videos(
     if prune:
         remove_foreign_outputs(root, {task.out for task in tasks})
     status: dict[str, str] = {}
-    failures: list[str] = []
+    failures: dict[str, Exception] = {}
     for task in tasks:
         versions = package_versions(*task.packages)
         wanted = fingerprint(stage, code, versions, task.inputs)
@@ -135,8 +139,8 @@ def run_videos(
         try:
             task.run()
         except (InputError, OSError) as exc:
-            failures.append(f"{task.name}: {exc}")
-            print(f"{stage}: {failures[-1]}", flush=True)
+            failures[task.name] = exc
+            print(f"{stage}: {task.name}: {exc}", flush=True)
             continue
         # Recorded last: a store killed before this line is simply recomputed by the next run.
         zarr.open_group(task.marker_path, mode="r+", zarr_format=3).attrs[FINGERPRINT_ATTR] = wanted
@@ -144,7 +148,8 @@ def run_videos(
         print(f"{stage}: {task.name}: computed", flush=True)
     if failures:
         summary = f"{len(failures)} of {len(tasks)} videos failed; the others are done and kept"
-        raise VideoFailures("; ".join(failures) + f" ({summary})")
+        lines = [f"{name}: {exc}" for name, exc in failures.items()]
+        raise VideoFailures("; ".join(lines) + f" ({summary})", failures)
     return status
 
 

@@ -26,6 +26,7 @@ from videomamba_depth.provenance import provenance
 from videomamba_depth.zarrio import (
     StoreError,
     TimeWriter,
+    copy_time_array,
     create_static_array,
     create_time_array,
     open_store,
@@ -36,6 +37,8 @@ from videomamba_depth.zarrio import (
 KIND = "prepared"
 GT_GROUP = "gt"
 GT_ARRAYS = ("depth", "pose_c2w", "K", "flow_fwd", "flow_fwd_valid", "motion_mask")
+# Per-frame metadata of the frames store, copied unchanged (resizing does not touch it).
+FRAME_METADATA = ("timestamps", "corrupt")
 
 
 @dataclass(frozen=True)
@@ -129,12 +132,13 @@ def prepare_video(
     """Resize + pad the ``frames`` store at ``frames_path`` into a ``prepared`` store at ``out``; return it.
 
     Store layout: ``rgb`` ``(T, H', W', 3)`` uint8; ``K`` ``(T, 3, 3)`` (when the frames store has it);
-    ``valid`` ``(H', W')`` bool (image vs padding); group ``gt`` when ``ground_truth`` is given. Attributes
-    hold the geometry (sizes, scale, padding).
+    ``timestamps`` and ``corrupt`` ``(T,)`` as in the frames store; ``valid`` ``(H', W')`` bool (image vs
+    padding); group ``gt`` when ``ground_truth`` is given. Attributes hold the geometry (sizes, scale,
+    padding), and ``fps``, ``vfr`` and ``corrupt_frames`` of the frames store.
     """
     frames_path, out = Path(frames_path), Path(out)
     source = open_store(frames_path, "frames")
-    require_arrays(source, frames_path, ["rgb"])
+    require_arrays(source, frames_path, ["rgb", *FRAME_METADATA])
     src_rgb = source["rgb"]
     num_frames, height, width, _ = src_rgb.shape
     geometry = ResizePad.fit(width, height, config.long_edge, config.pad_multiple)
@@ -145,6 +149,8 @@ def prepare_video(
         "geometry": geometry.to_attrs(),
         "interpolation": "area" if interpolation_for(geometry) == cv2.INTER_AREA else "linear",
         "fps": source.attrs["fps"],
+        "vfr": source.attrs["vfr"],
+        "corrupt_frames": source.attrs["corrupt_frames"],
         "num_frames": num_frames,
         "intrinsics": source.attrs["intrinsics"],
         "source": str(frames_path),
@@ -165,6 +171,8 @@ def prepare_video(
                 frames = src_rgb[t0 : t0 + step]
                 writer.append(resize_pad(frames, geometry))
                 progress.update(len(frames))
+        for array_name in FRAME_METADATA:
+            copy_time_array(source[array_name], group, array_name)
         if "K" in source:
             _write_K(group, geometry.apply_K(source["K"][:]), "intrinsics of the prepared frames")
         create_static_array(

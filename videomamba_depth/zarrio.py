@@ -11,27 +11,43 @@ A *store* is one Zarr v3 group per video and stage (``data/<stage>/<video>.zarr`
   inputs and params give byte-identical stores.
 - Stores are written under a temporary sibling name and renamed into place only when complete
   (:func:`writing_store`), so an interrupted stage never leaves a store that looks finished.
+- Every chunk is stored, even one equal to the fill value, so a missing shard file or chunk always means a
+  damaged store: :func:`open_store` verifies that every expected shard and chunk is present and that each
+  shard's index checksum matches (:func:`verify_store`) before anything is read, so a deleted or truncated
+  shard fails with the store, array and shard named instead of reading as zeros.
 - Frames are written through :class:`TimeWriter`, which buffers whole shards: writing is streamed in bounded
   memory and no shard is read back and rewritten.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, ShardingCodec
 
 from videomamba_depth.errors import InputError
 
-FORMAT_VERSION = 1
+# 2: every chunk is stored, including chunks equal to the fill value (version 1 skipped those, so a missing
+# chunk could not be told from a deleted one).
+FORMAT_VERSION = 2
+# Stores always write every chunk: a missing one is damage, never "all fill value".
+_ARRAY_CONFIG = {"write_empty_chunks": True}
+# Shard index entry of a chunk that is not stored (Zarr v3 sharding spec).
+_NOT_STORED = 2**64 - 1
+# Problems listed in a StoreError message before "... and N more".
+_PROBLEMS_SHOWN = 3
 
 # Target uncompressed bytes per chunk: large enough for zstd to work well, small enough that reading a short
 # training clip does not decompress far more frames than it uses.
@@ -180,7 +196,22 @@ def create_time_array(
         fill_value=fill_value,
         dimension_names=tuple(dims),
         attributes={"units": units, "description": description, **(attrs or {})},
+        config=_ARRAY_CONFIG,
     )
+
+
+def copy_time_array(source: zarr.Array, group: zarr.Group, name: str) -> zarr.Array:
+    """Copy a time array with its dims, units and description into ``group``, one source shard at a time."""
+    array = create_time_array(
+        group, name, source.shape[1:], source.dtype, dims=source.metadata.dimension_names,
+        units=source.attrs.get("units", ""), description=source.attrs.get("description", ""),
+        fill_value=source.fill_value,
+    )
+    step = source.shards[0] if source.shards is not None else source.chunks[0]
+    with TimeWriter(array) as writer:
+        for t0 in range(0, source.shape[0], step):
+            writer.append(source[t0 : t0 + step])
+    return array
 
 
 def create_static_array(
@@ -203,6 +234,7 @@ def create_static_array(
         fill_value=0,
         dimension_names=tuple(dims),
         attributes={"units": units, "description": description},
+        config=_ARRAY_CONFIG,
     )
     arr[...] = data
     return arr
@@ -264,8 +296,14 @@ class TimeWriter:
             self.close()
 
 
-def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
-    """Open a finished store read-only; check its ``kind`` when given. Clear errors name the path."""
+def open_store(path: str | Path, kind: str | None = None, *, verify: bool = True) -> zarr.Group:
+    """Open a finished store read-only; check its ``kind`` when given. Clear errors name the path.
+
+    With ``verify`` (the default, for every reader) the arrays of the group itself must pass
+    :func:`verify_store`: a missing or truncated shard raises a :class:`StoreError` naming the store, the
+    array and the shard. Subgroups are not opened (training must never read the ``gt`` group); a reader of a
+    subgroup verifies the arrays it uses with :func:`require_arrays`.
+    """
     path = Path(path)
     if not path.exists():
         partials = list(path.parent.glob(f"{path.name}{PARTIAL_MARK}*")) if path.parent.exists() else []
@@ -277,11 +315,155 @@ def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
         raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
     if kind is not None and group.attrs.get("kind") != kind:
         raise StoreError(f"{path}: expected a '{kind}' store, found kind={group.attrs.get('kind')!r}")
+    if verify:
+        _raise_problems(path, verify_store(path, group, recursive=False))
     return group
 
 
+def _raise_problems(path: str | Path, problems: Sequence[StoreProblem]) -> None:
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:_PROBLEMS_SHOWN])
+        more = f"; and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
+        raise StoreError(
+            f"{path}: incomplete or corrupt store (re-run the stage that writes it): {shown}{more}"
+        )
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """One reason a store is incomplete or corrupt; ``array`` is its path in the store ("" for the group)."""
+
+    array: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.array}: {self.message}" if self.array else self.message
+
+
+def verify_store(
+    path: str | Path, group: zarr.Group | None = None, *, recursive: bool = True
+) -> list[StoreProblem]:
+    """Every problem that makes the store at ``path`` incomplete or corrupt; empty when it is sound.
+
+    Cheap: lists the shard files and reads each shard's index (16 bytes per chunk), never the chunk data.
+    Checks, for every array of the group (and, if ``recursive``, of its subgroups): each shard (or chunk)
+    file the array's shape
+    needs exists; each shard index has a matching crc32c checksum, lists every chunk inside the array's
+    extent, and points only at bytes inside the file (a truncated shard fails this). Stores of an older
+    ``format_version``, which skipped chunks equal to the fill value, cannot be verified and are reported.
+    """
+    path = Path(path)
+    group = zarr.open_group(path, mode="r", zarr_format=3) if group is None else group
+    problems = []
+    version = _root_attrs(path).get("format_version")
+    if version is not None and version != FORMAT_VERSION:
+        problems.append(StoreProblem("", f"format_version {version}; this code reads {FORMAT_VERSION}"))
+    for array in _arrays(group) if recursive else _own_arrays(path, group):
+        # Array paths are relative to the group opened at ``path`` (zarr's store root).
+        problems += _verify_array(array, path / array.path)
+    return problems
+
+
+def _root_attrs(path: Path) -> dict:
+    """Attributes of the store's root group (``path`` may be a subgroup, e.g. ``prepared/<v>.zarr/gt``)."""
+    root = path
+    while (root.parent / "zarr.json").is_file():
+        root = root.parent
+    try:
+        return json.loads((root / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _own_arrays(path: Path, group: zarr.Group) -> Iterator[zarr.Array]:
+    """The arrays directly in the group at ``path``, found without opening its subgroups.
+
+    zarr's own listing opens every member; this reads only each child's ``node_type``. Metadata that does
+    not parse is skipped here: it fails loudly when used, unlike a missing shard, which reads as fill values.
+    """
+    for child in sorted(path.iterdir()):
+        try:
+            node_type = json.loads((child / "zarr.json").read_text()).get("node_type")
+        except (OSError, ValueError):
+            continue
+        if node_type == "array":
+            yield group[child.name]
+
+
+def _arrays(group: zarr.Group) -> Iterator[zarr.Array]:
+    for _, node in sorted(group.members(), key=lambda m: m[0]):
+        if isinstance(node, zarr.Group):
+            yield from _arrays(node)
+        else:
+            yield node
+
+
+def _verify_array(array: zarr.Array, directory: Path) -> list[StoreProblem]:
+    name = "/" + array.path
+    meta = array.metadata
+    outer = array.shards or array.chunks
+    grid = [range(math.ceil(s / c)) for s, c in zip(array.shape, outer, strict=True)]
+    sharding = meta.codecs[0] if isinstance(meta.codecs[0], ShardingCodec) else None
+    problems, missing = [], []
+    for coords in itertools.product(*grid):
+        key = meta.encode_chunk_key(coords)
+        file = directory / key
+        if not file.is_file():
+            missing.append(key)
+        elif sharding is not None:
+            message = _verify_shard(file, sharding, coords, outer, array.shape)
+            if message:
+                problems.append(StoreProblem(name, f"shard {key} {message}"))
+    if missing:
+        what = "shard" if sharding is not None else "chunk"
+        listed = ", ".join(missing[:_PROBLEMS_SHOWN]) + (", ..." if len(missing) > _PROBLEMS_SHOWN else "")
+        problems.insert(0, StoreProblem(name, f"{len(missing)} {what} file(s) missing ({listed})"))
+    return problems
+
+
+def _verify_shard(
+    file: Path, codec: ShardingCodec, coords: tuple[int, ...], shard: tuple[int, ...], shape: tuple[int, ...]
+) -> str | None:
+    """What is wrong with one shard file (None when sound), from its index alone."""
+    index_codecs = tuple(codec.index_codecs)
+    if not (
+        len(index_codecs) == 2 and isinstance(index_codecs[0], BytesCodec)
+        and index_codecs[0].endian is not None and index_codecs[0].endian.value == "little"
+        and isinstance(index_codecs[1], Crc32cCodec)
+    ):
+        return None  # not the layout this module writes: nothing cheap to check beyond the file's presence
+    per_shard = tuple(s // c for s, c in zip(shard, codec.chunk_shape, strict=True))
+    index_bytes = 16 * math.prod(per_shard)
+    size = file.stat().st_size
+    if size < index_bytes + 4:
+        return f"is truncated ({size} bytes, smaller than its index)"
+    at_end = codec.index_location.value == "end"
+    with file.open("rb") as f:
+        f.seek(size - index_bytes - 4 if at_end else 0)
+        raw = f.read(index_bytes + 4)
+    if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+        return "is truncated or corrupt (its index checksum does not match)"
+    index = np.frombuffer(raw[:-4], "<u8").reshape(*per_shard, 2)
+    data_start, data_end = (0, size - index_bytes - 4) if at_end else (index_bytes + 4, size)
+    absent = []
+    for inner in itertools.product(*(range(n) for n in per_shard)):
+        offset, length = (int(v) for v in index[inner])
+        first = [c * s + i * k for c, s, i, k in zip(coords, shard, inner, codec.chunk_shape, strict=True)]
+        # Chunks wholly past the array's end (in its last shard) are never stored.
+        if offset == _NOT_STORED:
+            if all(f < n for f, n in zip(first, shape, strict=True)):
+                absent.append(inner)
+        elif offset < data_start or offset + length > data_end:
+            return f"is truncated or corrupt (chunk {inner} points outside the file's {size} bytes)"
+    if absent:
+        return f"lacks {len(absent)} chunk(s) inside the array (first: {absent[0]})"
+    return None
+
+
 def require_arrays(group: zarr.Group, path: str | Path, names: Sequence[str]) -> None:
-    """Raise a :class:`StoreError` naming the store when any of ``names`` is missing from ``group``."""
+    """Raise a :class:`StoreError` naming the store when any of ``names`` is missing from ``group`` (stored
+    at ``path``) or incomplete (:func:`verify_store`); for a subgroup this is its only verification."""
     missing = [n for n in names if n not in group]
     if missing:
         raise StoreError(f"{path}: missing array(s) {missing}")
+    _raise_problems(path, [p for n in names for p in _verify_array(group[n], Path(path) / n)])

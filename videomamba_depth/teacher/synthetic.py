@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext, read_frames
-from videomamba_depth.zarrio import StoreError
+from videomamba_depth.zarrio import StoreError, require_arrays
 
 # Random streams, so that per-video and per-frame draws never share a seed sequence.
 _STREAM_VIDEO, _STREAM_FRAME = 0, 1
@@ -91,9 +91,7 @@ class SyntheticTeacher(Teacher):
                 "or use teacher.backend=unidepth"
             )
         gt = video.prepared["gt"]
-        missing = [k for k in ("depth", "K") if k not in gt]
-        if missing:
-            raise StoreError(f"{path}: ground-truth group 'gt' lacks {missing}")
+        require_arrays(gt, f"{path}/gt", ("depth", "K"))
         num_frames, height, width = video.prepared["rgb"].shape[:3]
         if gt["depth"].shape != (num_frames, height, width) or gt["K"].shape != (num_frames, 3, 3):
             raise StoreError(

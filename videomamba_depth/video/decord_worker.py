@@ -66,9 +66,10 @@ def serve(path: str, sock: socket.socket) -> None:
 
 
 def first_line(message: str) -> str:
-    """decord errors carry a C++ log prefix ("[12:00:00] src/x.cc:42: ") and a stack trace; keep the gist."""
+    """decord errors carry C++ log prefixes ("[12:00:00] src/x.cc:42: ", one per rethrow) and a stack trace;
+    keep the gist."""
     lines = message.strip().splitlines()
-    return re.sub(r"^\[[\d:]+\] \S+: ", "", lines[0]) if lines else ""
+    return re.sub(r"^(\[[\d:]+\] \S+: )+", "", lines[0]) if lines else ""
 
 
 if __name__ == "__main__":

@@ -5,7 +5,17 @@
 backend is an explicit choice (``decode.backend``); one never silently replaces the other.
 
 Checks shared by both video backends come from one PyAV probe (:func:`probe_video`): a video stream exists,
-the first frame decodes, the frame rate is known, and the declared frame count (to detect truncated files).
+the first frame decodes, the frame rate is known, and how many coded frames the container declares (to
+detect truncated files, :func:`check_complete`).
+
+While decoding, a :class:`FrameLog` records each frame's presentation time and whether the decoder flagged
+it as damaged (a corrupt or concealed frame, or one predicted from such a frame before the next keyframe),
+and every packet the decoder rejected. PyAV reports these directly; decord cannot, so :class:`DecordSource`
+runs the same PyAV decode (without colour conversion) in a thread alongside it (:class:`IntegrityScan`).
+What to do with damaged frames is the caller's choice (``decode.on_corrupt``).
+
+Timing: frames are yielded as coded, each with its own timestamp; a container's "repeat the previous frame"
+entries (an AVI index with empty entries, i.e. variable frame timing) are not expanded into duplicates.
 
 decord is the primary decoder, but on corrupt input it can abort the process from a C++ worker thread, loop
 forever rewinding, or silently repeat the last good frame. It therefore runs in a child process
@@ -21,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,6 +62,9 @@ DECORD_STALL_TIMEOUT_S = 300.0
 # off by rounding; this many frames (or this fraction) short still counts as complete.
 _ESTIMATE_SLACK_FRAMES = 2
 _ESTIMATE_SLACK_FRACTION = 0.02
+# Frame intervals that differ from the median interval by more than this fraction mark variable frame timing
+# (time-base rounding, e.g. 33/34 ms at 30 frames/s in a 1 ms time base, stays well below it).
+VFR_TOLERANCE = 0.1
 
 
 class VideoError(InputError):
@@ -67,7 +81,10 @@ class VideoProbe:
     fps: float
     rotation: int  # degrees counter-clockwise to display the coded frames upright: 0, 90, 180 or 270
     expected_frames: int | None
-    expected_exact: bool  # expected_frames comes from a frame index (mp4/mov), not a duration estimate
+    expected_exact: bool  # expected_frames comes from a frame count in the header, not a duration estimate
+    # Coded frames listed by an index the demuxer read whole on opening (an mp4's sample table, an AVI's idx1,
+    # which leaves out empty "repeat the previous frame" entries); fewer when the index is partial or absent.
+    indexed_frames: int
 
 
 class VideoSource:
@@ -76,7 +93,8 @@ class VideoSource:
     Attributes: ``path``, ``backend`` and ``backend_version``; ``num_frames`` (None when the container does
     not say, e.g. PyAV on Matroska); ``fps``; ``size`` (W, H) of the frames yielded; ``conversions``, the
     documented conversions applied to reach 8-bit RGB (grayscale replicated, alpha dropped, ...);
-    ``info``, extra facts about the source (codec, pixel format, rotation) for the store attributes.
+    ``info``, extra facts about the source (codec, pixel format, rotation) for the store attributes;
+    ``log``, the :class:`FrameLog` of the frames yielded (complete once they have all been iterated).
     """
 
     path: Path
@@ -87,6 +105,7 @@ class VideoSource:
     size: tuple[int, int]
     conversions: tuple[str, ...] = ()
     info: dict
+    log: FrameLog
 
     def iter_batches(self, n: int) -> Iterator[np.ndarray]:
         """Yield fresh ``(<=n, H, W, 3)`` uint8 arrays in frame order; :class:`VideoError` on bad data."""
@@ -176,7 +195,8 @@ def probe_video(path: str | Path) -> VideoProbe:
                 duration_s = container.duration / av.time_base
             codec, pixel_format = stream.codec_context.name, first.format.name
             width, height, rotation = first.width, first.height, int(first.rotation) % 360
-            frames_in_index = stream.frames
+            frames_in_header = stream.frames
+            indexed = len(stream.index_entries)
     except av.error.FFmpegError as exc:
         raise VideoError(f"{path}: not a readable video ({_ffmpeg_message(exc)})") from exc
     if not rate or rate <= 0:
@@ -186,36 +206,150 @@ def probe_video(path: str | Path) -> VideoProbe:
     if rotation in (90, 270):
         width, height = height, width
     fps = float(Fraction(rate))
-    if frames_in_index > 0:
-        expected, exact = int(frames_in_index), True
+    if frames_in_header > 0:
+        expected, exact = int(frames_in_header), True
     elif duration_s:
         expected, exact = round(duration_s * fps), False
     else:
         expected, exact = None, False
-    return VideoProbe(codec, pixel_format, (width, height), fps, rotation, expected, exact)
+    return VideoProbe(codec, pixel_format, (width, height), fps, rotation, expected, exact, indexed)
 
 
 def _ffmpeg_message(exc: av.error.FFmpegError) -> str:
     return exc.strerror or str(exc)
 
 
-def _check_complete(path: Path, probe: VideoProbe, decoded: int) -> None:
-    """Raise when fewer frames were decoded than the container declares (a truncated file)."""
-    if probe.expected_frames is None:
+def check_complete(path: Path, probe: VideoProbe, coded: int) -> None:
+    """Raise when the file holds fewer coded frames (packets) than its container declares: a truncated file.
+
+    An index read whole on opening lists exactly the coded frames, so it is the count to meet (an AVI with
+    empty "repeat the previous frame" entries has fewer coded frames than its header's frame count, and is
+    complete). Without one (lost with the end of the file, or none in the format), the header's frame count
+    or, failing that, duration x frame rate (with a little slack for rounding) is.
+    """
+    if 0 < coded <= probe.indexed_frames:
+        expected, what, slack = probe.indexed_frames, "indexes", 0
+    elif probe.expected_frames is not None:
+        expected = probe.expected_frames
+        what = "declares" if probe.expected_exact else "implies (duration x fps)"
+        slack = 0 if probe.expected_exact else max(
+            _ESTIMATE_SLACK_FRAMES, round(_ESTIMATE_SLACK_FRACTION * expected)
+        )
+    else:
         return
-    slack = 0 if probe.expected_exact else max(
-        _ESTIMATE_SLACK_FRAMES, round(_ESTIMATE_SLACK_FRACTION * probe.expected_frames)
-    )
-    if decoded < probe.expected_frames - slack:
-        what = "indexes" if probe.expected_exact else "implies (duration x fps)"
+    if coded < expected - slack:
         raise VideoError(
-            f"{path}: truncated or corrupt video: the container {what} {probe.expected_frames} frames, "
-            f"only {decoded} could be decoded"
+            f"{path}: truncated or corrupt video: the container {what} {expected} frames, only {coded} "
+            "are in the file"
         )
 
 
 def _probe_info(probe: VideoProbe) -> dict:
-    return {"codec": probe.codec, "pixel_format": probe.pixel_format, "rotation_degrees": probe.rotation}
+    return {"codec": probe.codec, "pixel_format": probe.pixel_format, "rotation_degrees": probe.rotation,
+            "container_fps": probe.fps}
+
+
+class FrameLog:
+    """What decoding found out about each frame yielded, and about the packets it could not use.
+
+    ``coded`` counts the packets read (coded frames); ``rejected`` describes each packet the decoder refused
+    (its frame is missing: a gap in the timestamps). A frame counts as corrupt when the decoder flagged it
+    (``AV_FRAME_FLAG_CORRUPT`` or decode-error flags: concealed errors) or when it is predicted from a
+    corrupt frame or a rejected packet, up to the next keyframe (damage propagates through references).
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.coded = 0
+        self.rejected: list[str] = []
+        self._times: list[float] = []
+        self._corrupt: list[bool] = []
+        self._tainted = False
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def add(self, time_s: float | None, *, corrupt: bool = False, keyframe: bool = True) -> None:
+        """Record the next frame: its presentation time in seconds (None: one frame after the previous)."""
+        self._tainted = corrupt or (self._tainted and not keyframe)
+        self._corrupt.append(self._tainted)
+        if time_s is None:
+            time_s = self._times[-1] + 1 / self.fps if self._times else 0.0
+        self._times.append(float(time_s))
+
+    def reject(self, message: str) -> None:
+        """Record a packet the decoder refused; the frames predicted from it are damaged too."""
+        self.rejected.append(message)
+        self._tainted = True
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """``(T,)`` float64 presentation times in seconds from the first frame (``timestamps[0] == 0``)."""
+        times = np.asarray(self._times, np.float64)
+        return times - times[0] if len(times) else times
+
+    @property
+    def corrupt(self) -> np.ndarray:
+        """``(T,)`` bool: frame t is damaged (see the class docstring)."""
+        return np.asarray(self._corrupt, bool)
+
+    @property
+    def variable_rate(self) -> bool:
+        """Frame intervals differ by more than ``VFR_TOLERANCE`` of their median: variable frame timing."""
+        intervals = np.diff(self.timestamps)
+        if len(intervals) < 2:
+            return False
+        median = float(np.median(intervals))
+        return bool(np.abs(intervals - median).max() > VFR_TOLERANCE * median)
+
+    def damage(self) -> str:
+        """One phrase: how many frames are damaged (the first, and when), how many packets were rejected."""
+        damaged = np.flatnonzero(self.corrupt)
+        parts = []
+        if len(damaged):
+            first = int(damaged[0])
+            parts.append(f"{len(damaged)} of {len(self)} decoded frames damaged (first: frame {first} at "
+                         f"{self.timestamps[first]:.3f} s)")
+        if self.rejected:
+            parts.append(
+                f"{len(self.rejected)} packet(s) rejected by the decoder (first: {self.rejected[0]})"
+            )
+        return ", ".join(parts)
+
+    @property
+    def mean_fps(self) -> float:
+        """Frames per second over the frames' time span (the nominal rate for fewer than two frames)."""
+        span = self.timestamps[-1] if len(self) > 1 else 0.0
+        return (len(self) - 1) / span if span > 0 else self.fps
+
+
+def _decode_frames(
+    path: Path, log: FrameLog, stop: threading.Event | None = None
+) -> Iterator[av.VideoFrame]:
+    """Decode the first video stream of ``path`` packet by packet, recording every frame in ``log``.
+
+    A packet the decoder rejects as invalid is recorded and skipped (the caller decides whether damage is
+    fatal); any other FFmpeg error (unreadable container data) raises :class:`VideoError`.
+    """
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if stop is not None and stop.is_set():
+                    return
+                if packet.size:  # the final empty packet only flushes the decoder
+                    log.coded += 1
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError as exc:
+                    log.reject(f"packet {log.coded - 1} ({_ffmpeg_message(exc)})")
+                    continue
+                for frame in frames:
+                    log.add(frame.time, corrupt=frame.is_corrupt, keyframe=frame.key_frame)
+                    yield frame
+    except av.error.FFmpegError as exc:
+        message = _ffmpeg_message(exc)
+        raise VideoError(f"{path}: corrupt video data after frame {len(log)} ({message})") from exc
 
 
 class PyAVSource(VideoSource):
@@ -235,40 +369,68 @@ class PyAVSource(VideoSource):
         self.size = self.probe.size
         self.conversions = _conversions(self.probe.pixel_format)
         self.info = _probe_info(self.probe)
-        # Only a frame index is trusted as the frame count up front; a duration estimate is not.
-        self.num_frames = self.probe.expected_frames if self.probe.expected_exact else None
+        self.log = FrameLog(self.fps)
+        # Only a complete frame count is trusted up front: an index that agrees with the header's count.
+        exact = self.probe.expected_exact and self.probe.indexed_frames == self.probe.expected_frames
+        self.num_frames = self.probe.expected_frames if exact else None
 
     def iter_batches(self, n: int) -> Iterator[np.ndarray]:
         width, height = self.size
-        decoded = 0
         batch = np.empty((n, height, width, 3), np.uint8)
         filled = 0
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                for frame in container.decode(stream):
-                    rgb = frame.to_ndarray(format="rgb24")
-                    if self.probe.rotation:
-                        rgb = np.rot90(rgb, k=self.probe.rotation // 90)  # counter-clockwise, as PyAV reports
-                    if rgb.shape != batch.shape[1:]:
-                        raise VideoError(
-                            f"{self.path}: frame {decoded} is {rgb.shape[1]}x{rgb.shape[0]}, the video "
-                            f"started at {width}x{height} (size changes mid-stream are not supported)"
-                        )
-                    batch[filled] = rgb
-                    filled += 1
-                    decoded += 1
-                    if filled == n:
-                        yield batch
-                        batch = np.empty((n, height, width, 3), np.uint8)
-                        filled = 0
-        except av.error.FFmpegError as exc:
-            raise VideoError(
-                f"{self.path}: corrupt video data after frame {decoded} ({_ffmpeg_message(exc)})"
-            ) from exc
+        for frame in _decode_frames(self.path, self.log):
+            rgb = frame.to_ndarray(format="rgb24")
+            if self.probe.rotation:
+                rgb = np.rot90(rgb, k=self.probe.rotation // 90)  # counter-clockwise, as PyAV reports
+            if rgb.shape != batch.shape[1:]:
+                raise VideoError(
+                    f"{self.path}: frame {len(self.log) - 1} is {rgb.shape[1]}x{rgb.shape[0]}, the video "
+                    f"started at {width}x{height} (size changes mid-stream are not supported)"
+                )
+            batch[filled] = rgb
+            filled += 1
+            if filled == n:
+                yield batch
+                batch = np.empty((n, height, width, 3), np.uint8)
+                filled = 0
         if filled:
             yield batch[:filled]
-        _check_complete(self.path, self.probe, decoded)
+        check_complete(self.path, self.probe, self.log.coded)
+
+
+class IntegrityScan(threading.Thread):
+    """Decodes a video file with PyAV, without colour conversion, to fill a :class:`FrameLog`.
+
+    Runs alongside decord (which reports neither damaged frames nor timestamps); PyAV's decoding releases the
+    GIL, so on a multi-core machine it mostly overlaps with decord's child process. :meth:`result` waits for
+    it and re-raises its :class:`VideoError`; :meth:`cancel` stops it early.
+    """
+
+    def __init__(self, path: Path, probe: VideoProbe) -> None:
+        super().__init__(name=f"integrity scan of {path.name}", daemon=True)
+        self.path, self.probe = path, probe
+        self.log = FrameLog(probe.fps)
+        self.error: VideoError | None = None
+        self._cancelled = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for _ in _decode_frames(self.path, self.log, self._cancelled):
+                pass
+            if not self._cancelled.is_set():
+                check_complete(self.path, self.probe, self.log.coded)
+        except VideoError as exc:
+            self.error = exc
+
+    def result(self) -> FrameLog:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.log
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self.join()
 
 
 class DecordSource(VideoSource):
@@ -292,8 +454,11 @@ class DecordSource(VideoSource):
         self.fps = self.probe.fps
         self.size = self.probe.size
         self.conversions = _conversions(self.probe.pixel_format)
-        self.info = _probe_info(self.probe)
+        # Damage flags and timestamps come from the IntegrityScan, not from decord: recorded with the source.
+        self.info = {**_probe_info(self.probe), "damage_and_timing_from": f"pyav {av.__version__}"}
+        self.log = FrameLog(self.fps)
         self.stall_timeout_s = stall_timeout_s
+        self._scan: IntegrityScan | None = None
         # A separate interpreter (not multiprocessing, whose spawn re-imports the caller's __main__ and fails
         # in unguarded scripts), talking over an inherited socket; a timeout on every read detects a stall.
         self._sock, child_sock = socket.socketpair()
@@ -310,7 +475,7 @@ class DecordSource(VideoSource):
         try:
             _, self.num_frames, self.backend_version = self._receive("opening the file")
             # decord counts the packets it indexed; fewer than the container declares means a cut-off file.
-            _check_complete(self.path, self.probe, self.num_frames)
+            check_complete(self.path, self.probe, self.num_frames)
         except BaseException:
             self.close()
             raise
@@ -335,8 +500,28 @@ class DecordSource(VideoSource):
     def _receive(self, doing: str) -> list:
         message = self._guard(doing, lambda: decord_worker.receive(self._sock))
         if message[0] == "error":
-            raise VideoError(f"{self.path}: decord failed while {doing}: {message[1]}")
+            raise self._decord_failed(doing, message[1])
         return message
+
+    def _integrity_scan(self) -> IntegrityScan:
+        if self._scan is None:
+            self._scan = IntegrityScan(self.path, self.probe)
+            self._scan.start()
+        return self._scan
+
+    def _decord_failed(self, doing: str, detail: str) -> VideoError:
+        """decord's error, with what PyAV makes of the same file: valid (use it) or damaged (how)."""
+        failed = f"{self.path}: decord failed while {doing} ({detail})"
+        try:
+            log = self._integrity_scan().result()
+        except VideoError as exc:
+            reason = str(exc).removeprefix(f"{self.path}: ")
+            return VideoError(f"{failed}; PyAV cannot read it either: {reason}")
+        if log.corrupt.any() or log.rejected:
+            return VideoError(f"{failed}; PyAV finds {log.damage()}: decode.backend: pyav with "
+                              "decode.on_corrupt: record keeps the video with those frames marked")
+        return VideoError(f"{failed}; the video is valid: PyAV decodes all {len(log)} frames, so "
+                          "decode.backend: pyav reads it")
 
     def _death(self) -> str:
         try:
@@ -352,6 +537,7 @@ class DecordSource(VideoSource):
         self._guard(f"requesting frame {start}", lambda: decord_worker.send(self._sock, [start, stop]))
 
     def iter_batches(self, n: int) -> Iterator[np.ndarray]:
+        scan = self._integrity_scan()
         starts = list(range(0, self.num_frames, n))
         if starts:
             self._request(0, min(n, self.num_frames))
@@ -369,6 +555,12 @@ class DecordSource(VideoSource):
             if i + 1 < len(starts):
                 self._request(starts[i + 1], min(starts[i + 1] + n, self.num_frames))
             yield batch
+        self.log = scan.result()
+        if len(self.log) != self.num_frames:
+            raise VideoError(
+                f"{self.path}: decord decoded {self.num_frames} frames, its PyAV damage and timing check "
+                f"{len(self.log)}; set decode.backend: pyav to decode with PyAV alone"
+            )
 
     def close(self) -> None:
         # The child only reads the file, so killing it is safe; asking it to stop could block on a prefetched
@@ -377,6 +569,8 @@ class DecordSource(VideoSource):
             self._process.kill()
         self._process.wait()
         self._sock.close()
+        if self._scan is not None:
+            self._scan.cancel()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -413,6 +607,7 @@ class FrameFolderSource(VideoSource):
                 f"{self.path}: folder holds no frames (no {', '.join(sorted(IMAGE_SUFFIXES))} files)"
             )
         self.num_frames = len(self.files)
+        self.log = FrameLog(self.fps)
         first, _ = self._read(self.files[0])
         self.size = (first.shape[1], first.shape[0])
         self.info = {"first_frame": self.files[0].name, "last_frame": self.files[-1].name}
@@ -455,5 +650,7 @@ class FrameFolderSource(VideoSource):
                     )
                 batch[i] = image
                 notes |= file_notes
+                self.log.coded += 1
+                self.log.add((start + i) / self.fps)
             self.conversions = tuple(sorted(notes))
             yield batch
