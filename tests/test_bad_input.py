@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 import zarr
+from dvc_project import copy_stages, dvc, entry, make_project, project_params, write_params
 from safetensors.torch import load_file, save_file
 from training_fixtures import TINY_MODEL, tiny_model_config, write_training_video
 from video_inputs import (
@@ -713,3 +714,48 @@ def test_bugs_keep_their_traceback(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 1 and "Traceback (most recent call last)" in run.stderr
     assert run.stderr.strip().splitlines()[-1] == "IndexError: list index out of range"
+
+
+# --- manifest names through `dvc repro` (tests/dvc_project.py) -------------------------------------------
+
+HOSTILE_NAMES = {
+    "parent_dirs": ("../../../victim", r"video name '\.\./\.\./\.\./victim' must start with a letter"),
+    "shell": ("x;touch PWNED", r"video name 'x;touch PWNED' must start with a letter or digit"),
+    "space": ("my clip", r"video name 'my clip' must start with a letter or digit"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(HOSTILE_NAMES))
+def test_hostile_manifest_names_are_refused_before_anything_happens(tmp_path, case):
+    name, message = HOSTILE_NAMES[case]
+    project = make_project(tmp_path)
+    victim = tmp_path / "victim.zarr"
+    (victim / "keep.txt").parent.mkdir()
+    (victim / "keep.txt").write_text("the user's file")
+    params = project_params()
+    write_params(project, params)
+    dvc(project, "repro")
+    params["videos"][name] = entry("videos/a.mp4")
+    write_params(project, params)
+    result = dvc(project, "repro", check=False)
+    assert result.returncode != 0 and re.search(message, result.stdout + result.stderr)
+    assert (victim / "keep.txt").read_text() == "the user's file"
+    assert not list(tmp_path.rglob("PWNED"))
+    assert sorted(p.name for p in (project / "data/frames").iterdir()) == ["a.zarr", "b.zarr"]
+
+
+@pytest.mark.slow
+def test_hostile_synth_names_are_refused(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "victim2").mkdir()
+    (tmp_path / "victim2" / "keep.txt").write_text("the user's file")
+    copy_stages(project, ("synth",))
+    synth = yaml.safe_load((ROOT / "params.yaml").read_text())["synth"]
+    write_params(project, {"synth": {**synth, "videos": {"../../victim2": 9, "x;touch PWNED": 1}}})
+    result = dvc(project, "repro", check=False)
+    assert result.returncode != 0
+    assert re.search(r"videos: name '\.\./\.\./victim2' must start with", result.stdout + result.stderr)
+    assert (tmp_path / "victim2" / "keep.txt").read_text() == "the user's file"
+    assert not list(tmp_path.rglob("PWNED")) and not (project / "data/synth").exists()
