@@ -22,6 +22,7 @@ from videomamba_depth.video.writer import write_mp4
 from videomamba_depth.zarrio import open_store
 
 WIDTH, HEIGHT, FRAMES = 90, 60, 7  # not a multiple of 14: the model input is padded
+PREPROCESSING = {"long_edge": 70, "pad_multiple": 14}  # recorded in the model file; infer runs at 70 x 47
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def inputs(tmp_path_factory):
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 255, (HEIGHT, WIDTH + FRAMES, 3)).astype(np.uint8)
     write_mp4(root / "clip.mp4", (texture[:, t : t + WIDTH] for t in range(FRAMES)), fps=12)
-    save_student(root / "model.safetensors", temporal_model())
+    save_student(root / "model.safetensors", temporal_model(), PREPROCESSING)
     K = make_K(70.0, 72.0, 44.0, 30.5)
     save_intrinsics_json(root / "K.json", K, WIDTH, HEIGHT)
     return root, K
@@ -67,7 +68,11 @@ def test_infer_with_intrinsics_preview_and_points(inputs, tmp_path):
     assert attrs["checkpoint"] == {
         "name": "model.safetensors", "sha256": file_sha256(root / "model.safetensors"),
         "model_config": attrs["checkpoint"]["model_config"], "backends": {"encoder": "cnn", "ssm": "torch"},
+        "preprocessing": {**PREPROCESSING, "canonical_focal": attrs["checkpoint"]["model_config"]["canonical_focal"]},
     }
+    # The model runs at the geometry it was trained with (from the checkpoint, no flags needed).
+    assert attrs["preprocessing"] == {**PREPROCESSING, "from_checkpoint": True}
+    assert attrs["geometry"]["padded_size"] == [70, 56] and attrs["geometry"]["resized_size"] == [70, 47]
     assert attrs["fps"] == 12 and attrs["num_frames"] == FRAMES and attrs["size"] == [WIDTH, HEIGHT]
     assert attrs["provenance"]["stage"] == "infer" and attrs["provenance"]["params"]["points_every"] == 3
     assert "/" not in json.dumps(attrs["source"]["name"])  # a file name, never an absolute path

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 
 from videomamba_depth.inference.anchoring import AnchoringConfig, KeyframeAnchor
 from videomamba_depth.models import StudentStates, VideoMambaDepth, load_student
+from videomamba_depth.models.io import load_preprocessing
 from videomamba_depth.provenance import file_sha256
 
 
@@ -23,8 +24,10 @@ def load_checkpoint(
 ) -> tuple[VideoMambaDepth, dict[str, Any]]:
     """Load a student saved by ``save_student``; return it (eval mode, on ``device``) and its provenance.
 
-    Provenance: ``{"name": file name, "sha256": ..., "model_config": ..., "backends": ...}`` (no absolute
-    path). A missing, truncated or foreign file raises a ``FileNotFoundError``/``ValueError`` naming it.
+    Provenance: ``{"name": file name, "sha256": ..., "model_config": ..., "backends": ...,
+    "preprocessing": {"long_edge", "pad_multiple", "canonical_focal"} or None when the file does not record
+    it}`` (no absolute path). A missing, truncated or foreign file raises a ``FileNotFoundError``/
+    ``ValueError`` naming it.
     """
     path = Path(path)
     try:
@@ -38,6 +41,7 @@ def load_checkpoint(
         "sha256": file_sha256(path),
         "model_config": model.config.to_dict(),
         "backends": model.backends,
+        "preprocessing": load_preprocessing(path),
     }
     return model, info
 
