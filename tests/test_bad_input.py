@@ -1,18 +1,26 @@
 """Bad input: every case fails with an error naming the file and the problem, and leaves no store behind."""
 
+import errno
 import json
+import os
+import re
+import shutil
 
 import av
 import cv2
 import numpy as np
 import pytest
+from test_evaluate import temporal_model
 from video_inputs import H, W, leftovers, smooth_frames, tiny_K, truncate, write_video, write_with_pyav
 
+from videomamba_depth import cli, zarrio
 from videomamba_depth.camera import IntrinsicsError, save_intrinsics_json
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.manifest import VideoEntry
+from videomamba_depth.models import save_student
 from videomamba_depth.video.reader import VideoError
-from videomamba_depth.zarrio import open_store
+from videomamba_depth.video.writer import Mp4Writer
+from videomamba_depth.zarrio import open_store, writing_store
 
 BACKENDS = ("decord", "pyav")
 
@@ -157,3 +165,126 @@ def test_one_bad_video_does_not_affect_the_others(tmp_path, good):
     assert sorted(p.name for p in tmp_path.glob("*.zarr*")) == ["first.zarr", "last.zarr"]
     for out in outputs.values():
         assert open_store(out, "frames")["rgb"].shape[0] == 10
+
+
+# `videomamba-depth infer` outputs: nothing that is not a previous output of ours is ever replaced, and a
+# full disk is reported naming the output, with nothing half-written left behind.
+@pytest.fixture(scope="module")
+def infer_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer_inputs")
+    save_student(root / "model.safetensors", temporal_model(), {"long_edge": 56, "pad_multiple": 14})
+    return write_video(root / "clip.mp4"), root / "model.safetensors"
+
+
+def _infer(video, model, *args):
+    return cli.main(["infer", str(video), "--checkpoint", str(model), "--hfov", "60", "--device", "cpu",
+                     *map(str, args)])
+
+
+def _user_folder(d):
+    (d / "mine").mkdir()
+    (d / "mine" / "notes.txt").write_text("my work\n")
+    return ["--out", d / "mine"]
+
+
+def _previous_store(d, video, model):
+    assert _infer(video, model, "--out", d / "old.zarr") == 0
+    return ["--out", d / "old.zarr"]
+
+
+def _user_points_folder(d):
+    (d / "o.points").mkdir()
+    (d / "o.points" / "a.txt").write_text("a")
+    return ["--out", d / "o.zarr", "--points-every", 1, "--force"]
+
+
+def _disk_full(*_):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+OUTPUT_CASES = {
+    "out_is_a_user_folder": (
+        lambda d, v, m, mp: _user_folder(d),
+        r"mine: --out exists and is not an output of videomamba-depth infer",
+    ),
+    "force_never_replaces_a_user_folder": (
+        lambda d, v, m, mp: [*_user_folder(d), "--force"], r"mine: --out exists and is not an output"
+    ),
+    "out_is_a_user_file": (
+        lambda d, v, m, mp: ["--out", (d / "r.zarr", (d / "r.zarr").write_text("x"))[0]],
+        r"r\.zarr: --out exists and is not an output",
+    ),
+    "out_is_another_kind_of_store": (
+        lambda d, v, m, mp: ["--out", _store_of_kind(d / "p.zarr", "prepared")],
+        r"p\.zarr: --out exists and is not",
+    ),
+    "out_is_the_input_video": (lambda d, v, m, mp: ["--out", v], r"clip\.mp4: --out is the input video"),
+    "previous_store_without_force": (
+        lambda d, v, m, mp: _previous_store(d, v, m),
+        r"old\.zarr: --out exists \(a previous infer output\); pass --force",
+    ),
+    "preview_is_a_user_video": (
+        lambda d, v, m, mp: ["--out", d / "o.zarr", "--preview", write_video(d / "holiday.mp4")],
+        r"holiday\.mp4: --preview exists and is not an output",
+    ),
+    "preview_is_the_input_video": (
+        lambda d, v, m, mp: ["--out", d / "o.zarr", "--preview", v],
+        r"clip\.mp4: --preview is the input video",
+    ),
+    "points_folder_is_a_user_folder": (
+        lambda d, v, m, mp: _user_points_folder(d), r"o\.points: the point-cloud folder .* is not an output"
+    ),
+    "disk_full_in_the_store": (
+        lambda d, v, m, mp: (mp.setattr(zarrio.TimeWriter, "_flush", _disk_full), ["--out", d / "o.zarr"])[1],
+        r"o\.zarr: cannot write the depth store \(No space left on device\); no output was written",
+    ),
+    "disk_full_in_the_preview": (
+        lambda d, v, m, mp: (mp.setattr(Mp4Writer, "write", _disk_full),
+                             ["--out", d / "o.zarr", "--preview", d / "p.mp4"])[1],
+        r"p\.mp4: cannot write the preview \(No space left on device\); no output was written",
+    ),
+}
+
+
+def _store_of_kind(path, kind):
+    with writing_store(path, kind, {}):
+        pass
+    return path
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES))
+def test_bad_infer_output(tmp_path, infer_inputs, monkeypatch, capsys, case):
+    setup, message = OUTPUT_CASES[case]
+    video = shutil.copy(infer_inputs[0], tmp_path / "clip.mp4")
+    args = setup(tmp_path, video, infer_inputs[1], monkeypatch)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert _infer(video, infer_inputs[1], *args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, err[-1]), err
+    assert _snapshot(tmp_path) == before  # the user's files intact, no partial outputs left
+
+
+def test_force_replaces_previous_outputs_and_stale_partials_of_ours_only(tmp_path, infer_inputs):
+    video, model = infer_inputs
+    out, preview = tmp_path / "o.zarr", tmp_path / "p.mp4"
+    assert _infer(video, model, "--out", out, "--preview", preview, "--points-every", 5) == 0
+    first = open_store(out, "depth")["depth"][:]
+    # Leftovers of a killed run (our naming pattern) and look-alikes that are not ours.
+    ours = [tmp_path / name for name in ("p.partial-4242.mp4", "o.zarr.partial-4242", "o.points.partial-7")]
+    ours[0].write_bytes(b"half a video")
+    ours[1].mkdir()
+    ours[2].mkdir()
+    not_ours = [tmp_path / "p.partial-notes.mp4", tmp_path / "o.zarr.partial-backup", tmp_path / "p.mp4.txt"]
+    for p in not_ours:
+        p.write_text("keep me")
+    assert _infer(video, model, "--out", out, "--preview", preview, "--points-every", 5, "--force") == 0
+    np.testing.assert_array_equal(open_store(out, "depth")["depth"][:], first)
+    assert all(not p.exists() for p in ours)
+    assert all(p.read_text() == "keep me" for p in not_ours)
+    with av.open(str(preview)) as container:
+        assert len(list(container.decode(video=0))) == first.shape[0]

@@ -68,7 +68,8 @@ def test_infer_with_intrinsics_preview_and_points(inputs, tmp_path):
     assert attrs["checkpoint"] == {
         "name": "model.safetensors", "sha256": file_sha256(root / "model.safetensors"),
         "model_config": attrs["checkpoint"]["model_config"], "backends": {"encoder": "cnn", "ssm": "torch"},
-        "preprocessing": {**PREPROCESSING, "canonical_focal": attrs["checkpoint"]["model_config"]["canonical_focal"]},
+        "preprocessing": {**PREPROCESSING,
+                          "canonical_focal": attrs["checkpoint"]["model_config"]["canonical_focal"]},
     }
     # The model runs at the geometry it was trained with (from the checkpoint, no flags needed).
     assert attrs["preprocessing"] == {**PREPROCESSING, "from_checkpoint": True}
