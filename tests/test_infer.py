@@ -195,3 +195,21 @@ def test_failure_mid_video_leaves_no_outputs(inputs, tmp_path, monkeypatch):
         infer_video(root / "clip.mp4", root / "model.safetensors", tmp_path / "out.zarr",
                     InferConfig(device="cpu", hfov_deg=60.0, points_every=1), preview=tmp_path / "p.mp4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_geometry_flags_override_the_checkpoint_with_a_warning(inputs, tmp_path, capsys):
+    root, _ = inputs
+    args = ["infer", str(root / "clip.mp4"), "--checkpoint", str(root / "model.safetensors"), "--hfov", "60",
+            "--device", "cpu", "--threads", "1"]
+    assert cli.main([*args, "--out", str(tmp_path / "a.zarr"), "--long-edge", "42"]) == 0
+    assert "--long-edge 42 overrides the 70 model.safetensors was trained with" in capsys.readouterr().err
+    attrs = open_store(tmp_path / "a.zarr", "depth").attrs
+    assert attrs["geometry"]["resized_size"] == [42, 28] and attrs["provenance"]["threads"] == 1
+    # A model file without recorded preprocessing (older files): the defaults, said loudly.
+    save_student(tmp_path / "old.safetensors", temporal_model())
+    args[3] = str(tmp_path / "old.safetensors")
+    assert cli.main([*args, "--out", str(tmp_path / "b.zarr")]) == 0
+    assert "does not record its training preprocessing" in capsys.readouterr().err
+    assert open_store(tmp_path / "b.zarr", "depth").attrs["preprocessing"] == {
+        "long_edge": 224, "pad_multiple": 14, "from_checkpoint": False,
+    }
