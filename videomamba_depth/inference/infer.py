@@ -2,8 +2,9 @@
 
 Frames are decoded in small batches (``video.reader``), prepared exactly as the ``prepare`` stage does
 (:func:`videomamba_depth.prepare.resize_pad`: the long edge and pad multiple recorded in the checkpoint at
-training time), stepped through the student one at a time (:class:`~videomamba_depth.inference.StreamingDepth`), mapped back to the original pixels (padding
-cropped, bilinear resize) and written as float16 metres to a sharded Zarr store (``TimeWriter``: whole
+training time), stepped through the student one at a time
+(:class:`~videomamba_depth.inference.StreamingDepth`), mapped back to the original pixels (padding cropped,
+bilinear resize) and written as float16 metres to a sharded Zarr store (``TimeWriter``: whole
 shards, at most one held). Optional outputs, written in the same pass: a colour-mapped preview MP4 and PLY
 point clouds every N frames. Memory does not grow with the video length: one read batch, one shard, the
 SSM states (and the bounded keyframe bank when anchoring is on), plus bounded queues.
@@ -374,7 +375,7 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
             with timer("upsample"):
                 depth = to_original(small, geometry)
             with timer("write"), _naming(out, "the depth store"):
-                depth_writer.append(depth[None])
+                depth_writer.append(_float16(depth)[None])
                 K_writer.append(K_t[None])
             if points is not None and t % config.points_every == 0:
                 with timer("points"), _naming(points_dir(out), "the point clouds"):
@@ -427,6 +428,13 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
             })
     return InferResult(out, preview, points_dir(out) if config.points_every else None, num_frames,
                        num_frames / max(elapsed, 1e-9), dict(timer.seconds), threads)
+
+
+def _float16(values: np.ndarray) -> np.ndarray:
+    """float32 -> float16, bit-identical to ``values.astype(np.float16)`` (IEEE round to nearest even) and
+    ~8x faster (torch converts with vector instructions, numpy element by element: 0.4 vs 3.4 ms for a
+    960 x 540 map)."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).half().numpy()
 
 
 def _single_frames(batches: Iterator[np.ndarray], timer: _Timer) -> Iterator[np.ndarray]:
