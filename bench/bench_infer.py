@@ -6,7 +6,8 @@ shifted so no two are equal), and on any clips given with ``--video``; once with
 ``--preview``. The student is the default ``ModelConfig`` with randomised temporal blocks (as
 ``bench_stream``), saved with preprocessing long edge 224, pad multiple 14 (960 x 540 -> 224 x 126).
 
-Reports frames/s of the whole pass (first decoded frame to committed outputs; model loading and the
+Reports the frames/s of the model step alone (the ceiling: prepared frames in memory, nothing written),
+then of the whole pass (first decoded frame to committed outputs; model loading and the
 intrinsics assumption excluded), peak RSS, and the busy milliseconds per frame of every pipeline stage
 (decode, preprocess, model, upsample, write, points, preview). Stages run in three overlapping threads, so
 their sum exceeds the wall time per frame; ``overlap`` = sum / wall shows how much the pipelining buys.
@@ -27,14 +28,20 @@ import numpy as np
 import torch
 
 from bench.bench_stream import RssSampler, student
-from bench.common import write_results
+from bench.common import call_seconds, write_results
+from videomamba_depth.camera import ResizePad
+from videomamba_depth.inference import StreamingDepth, load_checkpoint
 from videomamba_depth.inference.infer import STAGES, InferConfig, default_threads, infer_video
+from videomamba_depth.inference.intrinsics import K_from_hfov
 from videomamba_depth.models import save_student
+from videomamba_depth.prepare import resize_pad
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
+from videomamba_depth.video.reader import open_video
 from videomamba_depth.video.writer import write_mp4
 
 WIDTH, HEIGHT = 960, 540
 FRAMES = 300
+MODEL_ONLY_FRAMES = 60  # frames of the model-alone timing (held in memory at the original size)
 POOL = 24  # rendered frames cycled (with a growing shift) to make any length
 PREPROCESSING = {"long_edge": 224, "pad_multiple": 14}  # the prepare defaults
 TARGET_FPS = {"depth store": 30.0, "depth store + preview": 20.0}  # issue 14, on the 2-core machine
@@ -68,13 +75,30 @@ def run(video: Path, model: Path, out_dir: Path, threads: int | None, preview: b
     }
 
 
+def model_only(video: Path, model: Path, threads: int | None, frames: int = MODEL_ONLY_FRAMES) -> dict:
+    """Frames/s of the student step alone on the video's first ``frames`` prepared frames (decoded and
+    prepared beforehand, nothing written), with infer's thread setting: the ceiling of the end-to-end rate."""
+    torch.set_num_threads(threads or default_threads())
+    student_model, info = load_checkpoint(model)
+    with open_video(video, "pyav") as source:
+        geometry = ResizePad.fit(*source.size, info["preprocessing"]["long_edge"],
+                                 info["preprocessing"]["pad_multiple"])
+        rgb = next(source.iter_batches(frames))
+    prepared = resize_pad(rgb, geometry)
+    K = geometry.apply_K(K_from_hfov(*source.size, 60.0))
+    predictor = StreamingDepth(student_model)
+    seconds = sum(call_seconds(lambda: [predictor(f, K) for f in prepared], 1, warm_up=1))
+    return {"video": video.name, "frames": len(prepared), "fps": len(prepared) / seconds,
+            "size": list(geometry.padded_size)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=FRAMES, help="frames of the synthetic video")
     parser.add_argument("--threads", type=int, help="torch threads (default: infer's default)")
     parser.add_argument("--video", nargs="*", default=[], help="also run on these clips")
     args = parser.parse_args()
-    runs = []
+    runs, ceilings = [], []
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         tmp = Path(tmp)
         model = tmp / "student.safetensors"
@@ -82,6 +106,8 @@ def main() -> None:
         videos = [synthetic_video(tmp / f"synthetic_{WIDTH}x{HEIGHT}.mp4", args.frames)]
         videos += [Path(v) for v in args.video]
         for video in videos:
+            ceilings.append(model_only(video, model, args.threads))
+            print(f"{video.name} model step alone: {ceilings[-1]['fps']:.1f} frames/s", flush=True)
             for preview in (False, True):
                 runs.append(run(video, model, tmp, args.threads, preview))
                 r = runs[-1]
@@ -95,6 +121,7 @@ def main() -> None:
         "size": [WIDTH, HEIGHT],
         "preprocessing": PREPROCESSING,
         "targets_fps": TARGET_FPS,
+        "model_step_alone": ceilings,
         "runs": runs,
     }
     write_results("bench_infer", result, markdown(result))
@@ -122,6 +149,10 @@ def markdown(result: dict) -> str:
             f"{'' if target is None else f'>= {target:.0f}'} | {r['peak_rss_mib']:.0f} | {stages} | "
             f"{r['wall_ms_per_frame']:.1f} | {r['overlap']:.2f} |"
         )
+    alone = "; ".join(f"{c['video']} {c['fps']:.1f} frames/s at {c['size'][0]} x {c['size'][1]}"
+                      for c in result["model_step_alone"])
+    lines += ["", "Model step alone (same threads, prepared frames in memory, nothing written), the ceiling "
+              f"of the end-to-end rate: {alone}."]
     return "\n".join(lines) + "\n"
 
 
