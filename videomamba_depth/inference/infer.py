@@ -397,7 +397,7 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
                 small = predictor(prepared, geometry.apply_K(K_t), valid)
             drain.put((t, rgb if points is not None else None, small, K_t))
         drain.close()
-        with _naming(out, "the depth store"):
+        with timer("write"), _naming(out, "the depth store"):  # the last, partial shard
             depth_writer.close()
             K_writer.close()
         if mp4 is not None:
