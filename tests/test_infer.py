@@ -213,3 +213,30 @@ def test_geometry_flags_override_the_checkpoint_with_a_warning(inputs, tmp_path,
     assert open_store(tmp_path / "b.zarr", "depth").attrs["preprocessing"] == {
         "long_edge": 224, "pad_multiple": 14, "from_checkpoint": False,
     }
+
+
+def test_pipeline_keeps_order_and_raises_background_errors():
+    from videomamba_depth.inference.pipeline import Drain, prefetch
+
+    def produce():
+        yield from range(5)
+        raise OSError("decoder died")
+
+    got = []
+    with pytest.raises(OSError, match="decoder died"):
+        for item in prefetch(produce(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]  # every item produced before the error arrives first
+
+    consumed = []
+    with Drain(consumed.append, depth=2) as drain:
+        for i in range(50):
+            drain.put(i)
+    assert consumed == list(range(50))
+
+    def fail(item):
+        raise ValueError(f"cannot write {item}")
+
+    with pytest.raises(ValueError, match="cannot write 0"), Drain(fail, depth=1) as drain:
+        for i in range(100):  # the consumer's error surfaces at a later put or at close
+            drain.put(i)

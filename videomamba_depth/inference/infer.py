@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -390,7 +390,10 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
         start = time.perf_counter()
         # Three threads overlap: decode + preprocess (prefetch), the model (here), upsample + writes (drain).
         drain = stack.enter_context(Drain(write, QUEUE_FRAMES, name="infer-write"))
-        decoded = prefetch(map(prepare, frames), QUEUE_FRAMES, name="infer-decode")
+        # Closed on any exit, so the decode thread stops at once on an error (not when garbage-collected).
+        decoded = stack.enter_context(
+            closing(prefetch(map(prepare, frames), QUEUE_FRAMES, name="infer-decode"))
+        )
         for t, (rgb, prepared) in enumerate(decoded):
             K_t = K.at(t)
             with timer("model"):
