@@ -11,10 +11,13 @@
    compressing and writing it), then must stay flat: the slope of peak RSS over the lengths of at least one
    shard (least squares, MiB per 1,000 frames) and the slope of RSS within the longest run after its first
    shard show whether memory grows with length.
-2. Per-frame cost at the same resolution (224 x 168, batch 1): student ``step`` vs the teacher. UniDepthV2
-   when the ``unidepth`` package is installed; otherwise a PROXY: a ViT-S/14 encoder forward (patch 14,
-   width 384, depth 12, 6 heads, MLP 4x, random weights, plain ``torch.nn``), which is only the teacher's
-   backbone (UniDepthV2 adds a decoder and camera module, so the real ratio is larger).
+2. Per-frame cost, batch 1, each model at its own working resolution: the student ``step`` on the 224 x 168
+   prepared frame vs the teacher on that frame. UniDepthV2 resizes every image to 0.2-0.6 MP
+   (``teacher.resolution_level`` in params.yaml; 518 x 392 at level 0 for 4:3), so the teacher is timed
+   there: UniDepthV2 itself when the ``unidepth`` package is installed; otherwise a PROXY with random
+   weights: the ViT/14 encoder of the configured ``teacher.weights`` (vits14: width 384, depth 12, 6 heads;
+   vitb14; vitl14; plain ``torch.nn``), which is only the teacher's backbone (UniDepthV2 adds a decoder and
+   camera module, so the real ratio is larger). For the end-to-end ``infer`` numbers see ``bench_infer``.
 
 Run: ``python -m bench.bench_stream`` (a few minutes; ``--lengths 100 1000`` for a quick look). Results:
 bench/results/bench_stream.{json,md}.
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -41,11 +46,13 @@ from torch import nn
 
 from bench.common import call_seconds, write_results
 from videomamba_depth.camera import ResizePad
+from videomamba_depth.config import load_section
 from videomamba_depth.inference import StreamingDepth
 from videomamba_depth.inference.intrinsics import unidepth_available
 from videomamba_depth.models import ModelConfig, build_student
 from videomamba_depth.prepare import resize_pad
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
+from videomamba_depth.teacher import TeacherConfig
 from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
 LENGTHS = (100, 1_000, 10_000)
@@ -132,22 +139,38 @@ def run_length(length: int) -> dict:
     }
 
 
-class ViTSmallProxy(nn.Module):
-    """ViT-S/14 encoder with random weights (teacher-cost proxy): patch 14, width 384, 12 blocks, 6 heads."""
+# ViT encoders of the UniDepthV2 weights (name -> width, depth, heads), patch 14, MLP 4x (DINOv2 sizes).
+VIT_SIZES = {"vits14": (384, 12, 6), "vitb14": (768, 12, 12), "vitl14": (1024, 24, 16)}
+# UniDepthV2 resizes every image to an area in this range (pixels), picked by ``resolution_level`` 0..9.
+TEACHER_AREA = (0.2e6, 0.6e6)
 
-    def __init__(self, height: int, width: int) -> None:
+
+def teacher_input_size(width: int, height: int, resolution_level: int) -> tuple[int, int]:
+    """(W, H) UniDepthV2 runs a ``width`` x ``height`` frame at: the aspect ratio kept, the area the
+    ``resolution_level``-th tenth of ``TEACHER_AREA``, both sides rounded to the patch size 14
+    (320 x 240 at level 0 -> 518 x 392, as UniDepth documents)."""
+    area = TEACHER_AREA[0] + (TEACHER_AREA[1] - TEACHER_AREA[0]) * resolution_level / 10
+    h = math.sqrt(area * height / width)
+    return 14 * round(h * width / height / 14), 14 * round(h / 14)
+
+
+class ViTProxy(nn.Module):
+    """ViT/14 encoder with random weights (teacher-cost proxy): width, depth and heads of ``size``."""
+
+    def __init__(self, size: str, height: int, width: int) -> None:
         super().__init__()
-        self.patch = nn.Conv2d(3, 384, kernel_size=14, stride=14)
+        dim, depth, heads = VIT_SIZES[size]
+        self.patch = nn.Conv2d(3, dim, kernel_size=14, stride=14)
         tokens = (height // 14) * (width // 14) + 1
-        self.cls = nn.Parameter(torch.zeros(1, 1, 384))
-        self.pos = nn.Parameter(0.02 * torch.randn(1, tokens, 384))
-        layer = nn.TransformerEncoderLayer(384, 6, 4 * 384, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(384)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, tokens, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, 384)
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, dim)
         x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
         return self.norm(self.blocks(x))
 
@@ -158,27 +181,39 @@ def median_ms(fn: Callable[[], object], frames: int = COST_FRAMES) -> float:
 
 
 def per_frame_cost() -> dict:
+    """Student step at its working resolution vs the teacher at its own (each as it runs in the pipeline)."""
     pool, K, _ = frame_pool()
     height, width = pool.shape[1:3]
     predictor = StreamingDepth(student())
     frames = iter(range(10**9))
     student_ms = median_ms(lambda: predictor(synthetic_frame(pool, next(frames)), K))
-    x = torch.from_numpy(pool[0]).permute(2, 0, 1)[None].float() / 255.0
+    teacher_cfg = load_section(TeacherConfig, "teacher")
+    teacher_size = teacher_input_size(width, height, teacher_cfg.resolution_level)
     if unidepth_available():
-        from videomamba_depth.teacher import TeacherConfig
         from videomamba_depth.teacher.unidepth import UniDepthTeacher
 
-        teacher = UniDepthTeacher.from_config(TeacherConfig(backend="unidepth", device="cpu"), None)
-        teacher_name = f"UniDepthV2 ({teacher.weights})"
+        cfg = TeacherConfig(**{**teacher_cfg.to_dict(), "backend": "unidepth", "device": "cpu"})
+        teacher = UniDepthTeacher.from_config(cfg, None)
+        teacher_name = f"UniDepthV2 ({teacher.weights}), resizes internally"
         teacher_ms = median_ms(lambda: teacher.predict(pool[:1], K[None], np.arange(1)))
     else:
+        match = re.search(r"vit[sbl]14", teacher_cfg.weights)
+        if match is None:
+            raise ValueError(f"params.yaml teacher.weights {teacher_cfg.weights!r}: no ViT size (vits14, "
+                             "vitb14, vitl14) in the name to build a cost proxy for")
+        size = match.group()
         torch.manual_seed(0)
-        vit = ViTSmallProxy(height, width).eval()
-        teacher_name = "PROXY: ViT-S/14 encoder forward, random weights (unidepth not installed)"
+        vit = ViTProxy(size, teacher_size[1], teacher_size[0]).eval()
+        x = torch.rand(1, 3, teacher_size[1], teacher_size[0])
+        teacher_name = (f"PROXY: ViT-{size[3].upper()}/14 encoder forward at {teacher_size[0]} x "
+                        f"{teacher_size[1]}, random weights, for teacher.weights {teacher_cfg.weights} "
+                        "(unidepth not installed; the real teacher adds a decoder and camera module, so it "
+                        "costs more)")
         with torch.inference_mode():
-            teacher_ms = median_ms(lambda: vit(x))
-    return {"resolution": [width, height], "student_step_ms": student_ms, "teacher": teacher_name,
-            "teacher_ms": teacher_ms, "student_over_teacher": student_ms / teacher_ms}
+            teacher_ms = median_ms(lambda: vit(x), frames=COST_FRAMES // 3)
+    return {"student_resolution": [width, height], "teacher_resolution": list(teacher_size),
+            "student_step_ms": student_ms, "teacher": teacher_name, "teacher_ms": teacher_ms,
+            "teacher_over_student": teacher_ms / student_ms}
 
 
 def main() -> None:
@@ -219,7 +254,7 @@ def main() -> None:
         "per_frame_cost": cost,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    width, height = cost["resolution"]
+    width, height = cost["student_resolution"]
     md = [
         "# bench_stream",
         "",
@@ -237,10 +272,11 @@ def main() -> None:
         f"within the {longest['frames']:,}-frame run after its first shard: {within:+.2f} MiB per 1,000 "
         "frames.",
         "",
-        f"Per-frame cost at {width} x {height}, batch 1 (median): student step "
-        f"{cost['student_step_ms']:.1f} ms, "
-        f"teacher {cost['teacher_ms']:.1f} ms ({cost['teacher']}); student / teacher = "
-        f"{cost['student_over_teacher']:.2f}.",
+        f"Per-frame cost, batch 1 (median), each at its own working resolution: student step at "
+        f"{width} x {height} {cost['student_step_ms']:.1f} ms; teacher at "
+        f"{cost['teacher_resolution'][0]} x {cost['teacher_resolution'][1]} {cost['teacher_ms']:.1f} ms "
+        f"({cost['teacher']}); the student is {cost['teacher_over_student']:.0f}x cheaper per frame "
+        "(goal: >= 50x).",
         "",
     ]
     write_results("bench_stream", result, "\n".join(md))

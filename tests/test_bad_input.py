@@ -1,9 +1,11 @@
 """Bad input: every case fails with an error naming the file and the problem, and leaves no store behind."""
 
+import errno
 import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import yaml
 import zarr
 from dvc_project import copy_stages, dvc, entry, make_project, project_params, write_params
 from safetensors.torch import load_file, save_file
+from test_evaluate import temporal_model
 from training_fixtures import TINY_MODEL, tiny_model_config, write_training_video
 from video_inputs import (
     H,
@@ -35,7 +38,7 @@ from video_inputs import (
     write_with_pyav,
 )
 
-from videomamba_depth import cli, inspect
+from videomamba_depth import cli, inspect, zarrio
 from videomamba_depth.camera import IntrinsicsError, save_intrinsics_json
 from videomamba_depth.decode import DecodeConfig, decode_video
 from videomamba_depth.errors import InputError
@@ -44,8 +47,9 @@ from videomamba_depth.models import ModelConfig, build_student, save_student
 from videomamba_depth.models.io import FORMAT, FORMAT_VERSION, METADATA_KEY
 from videomamba_depth.pervideo import VideoFailures
 from videomamba_depth.video.reader import VideoError
+from videomamba_depth.video.writer import Mp4Writer
 from videomamba_depth.zarrio import FORMAT_VERSION as STORE_FORMAT_VERSION
-from videomamba_depth.zarrio import StoreError, open_store, verify_store
+from videomamba_depth.zarrio import StoreError, open_store, verify_store, writing_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -455,7 +459,7 @@ def student(tmp_path_factory):
     """A valid tiny student file."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("student") / "student.safetensors"
-    save_student(path, build_student(tiny_model_config()))
+    save_student(path, build_student(tiny_model_config()), {"long_edge": 56, "pad_multiple": 14})
     return path
 
 
@@ -759,3 +763,126 @@ def test_hostile_synth_names_are_refused(tmp_path):
     assert re.search(r"videos: name '\.\./\.\./victim2' must start with", result.stdout + result.stderr)
     assert (tmp_path / "victim2" / "keep.txt").read_text() == "the user's file"
     assert not list(tmp_path.rglob("PWNED")) and not (project / "data/synth").exists()
+
+
+# `videomamba-depth infer` outputs: nothing that is not a previous output of ours is ever replaced, and a
+# full disk is reported naming the output, with nothing half-written left behind.
+@pytest.fixture(scope="module")
+def infer_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer_inputs")
+    save_student(root / "model.safetensors", temporal_model(), {"long_edge": 56, "pad_multiple": 14})
+    return write_video(root / "clip.mp4"), root / "model.safetensors"
+
+
+def _infer_cli(video, model, *args):
+    return cli.main(["infer", str(video), "--checkpoint", str(model), "--hfov", "60", "--device", "cpu",
+                     *map(str, args)])
+
+
+def _user_folder(d):
+    (d / "mine").mkdir()
+    (d / "mine" / "notes.txt").write_text("my work\n")
+    return ["--out", d / "mine"]
+
+
+def _previous_store(d, video, model):
+    assert _infer_cli(video, model, "--out", d / "old.zarr") == 0
+    return ["--out", d / "old.zarr"]
+
+
+def _user_points_folder(d):
+    (d / "o.points").mkdir()
+    (d / "o.points" / "a.txt").write_text("a")
+    return ["--out", d / "o.zarr", "--points-every", 1, "--force"]
+
+
+def _disk_full(*_):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+OUTPUT_CASES = {
+    "out_is_a_user_folder": (
+        lambda d, v, m, mp: _user_folder(d),
+        r"mine: --out exists and is not an output of videomamba-depth infer",
+    ),
+    "force_never_replaces_a_user_folder": (
+        lambda d, v, m, mp: [*_user_folder(d), "--force"], r"mine: --out exists and is not an output"
+    ),
+    "out_is_a_user_file": (
+        lambda d, v, m, mp: ["--out", (d / "r.zarr", (d / "r.zarr").write_text("x"))[0]],
+        r"r\.zarr: --out exists and is not an output",
+    ),
+    "out_is_another_kind_of_store": (
+        lambda d, v, m, mp: ["--out", _store_of_kind(d / "p.zarr", "prepared")],
+        r"p\.zarr: --out exists and is not",
+    ),
+    "out_is_the_input_video": (lambda d, v, m, mp: ["--out", v], r"clip\.mp4: --out is the input video"),
+    "previous_store_without_force": (
+        lambda d, v, m, mp: _previous_store(d, v, m),
+        r"old\.zarr: --out exists \(a previous infer output\); pass --force",
+    ),
+    "preview_is_a_user_video": (
+        lambda d, v, m, mp: ["--out", d / "o.zarr", "--preview", write_video(d / "holiday.mp4")],
+        r"holiday\.mp4: --preview exists and is not an output",
+    ),
+    "preview_is_the_input_video": (
+        lambda d, v, m, mp: ["--out", d / "o.zarr", "--preview", v],
+        r"clip\.mp4: --preview is the input video",
+    ),
+    "points_folder_is_a_user_folder": (
+        lambda d, v, m, mp: _user_points_folder(d), r"o\.points: the point-cloud folder .* is not an output"
+    ),
+    "disk_full_in_the_store": (
+        lambda d, v, m, mp: (mp.setattr(zarrio.TimeWriter, "_flush", _disk_full), ["--out", d / "o.zarr"])[1],
+        r"o\.zarr: cannot write the depth store \(No space left on device\); no output was written",
+    ),
+    "disk_full_in_the_preview": (
+        lambda d, v, m, mp: (mp.setattr(Mp4Writer, "write", _disk_full),
+                             ["--out", d / "o.zarr", "--preview", d / "p.mp4"])[1],
+        r"p\.mp4: cannot write the preview \(No space left on device\); no output was written",
+    ),
+}
+
+
+def _store_of_kind(path, kind):
+    with writing_store(path, kind, {}):
+        pass
+    return path
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES))
+def test_bad_infer_output(tmp_path, infer_inputs, monkeypatch, capsys, case):
+    setup, message = OUTPUT_CASES[case]
+    video = shutil.copy(infer_inputs[0], tmp_path / "clip.mp4")
+    args = setup(tmp_path, video, infer_inputs[1], monkeypatch)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert _infer_cli(video, infer_inputs[1], *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, err[-1]), err
+    assert _snapshot(tmp_path) == before  # the user's files intact, no partial outputs left
+
+
+def test_force_replaces_previous_outputs_and_stale_partials_of_ours_only(tmp_path, infer_inputs):
+    video, model = infer_inputs
+    out, preview = tmp_path / "o.zarr", tmp_path / "p.mp4"
+    assert _infer_cli(video, model, "--out", out, "--preview", preview, "--points-every", 5) == 0
+    first = open_store(out, "depth")["depth"][:]
+    # Leftovers of a killed run (our naming pattern) and look-alikes that are not ours.
+    ours = [tmp_path / name for name in ("p.partial-4242.mp4", "o.zarr.partial-4242", "o.points.partial-7")]
+    ours[0].write_bytes(b"half a video")
+    ours[1].mkdir()
+    ours[2].mkdir()
+    not_ours = [tmp_path / "p.partial-notes.mp4", tmp_path / "o.zarr.partial-backup", tmp_path / "p.mp4.txt"]
+    for p in not_ours:
+        p.write_text("keep me")
+    assert _infer_cli(video, model, "--out", out, "--preview", preview, "--points-every", 5, "--force") == 0
+    np.testing.assert_array_equal(open_store(out, "depth")["depth"][:], first)
+    assert all(not p.exists() for p in ours)
+    assert all(p.read_text() == "keep me" for p in not_ours)
+    with av.open(str(preview)) as container:
+        assert len(list(container.decode(video=0))) == first.shape[0]

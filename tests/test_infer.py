@@ -22,6 +22,7 @@ from videomamba_depth.video.writer import write_mp4
 from videomamba_depth.zarrio import open_store
 
 WIDTH, HEIGHT, FRAMES = 90, 60, 7  # not a multiple of 14: the model input is padded
+PREPROCESSING = {"long_edge": 70, "pad_multiple": 14}  # recorded in the model file; infer runs at 70 x 47
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def inputs(tmp_path_factory):
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 255, (HEIGHT, WIDTH + FRAMES, 3)).astype(np.uint8)
     write_mp4(root / "clip.mp4", (texture[:, t : t + WIDTH] for t in range(FRAMES)), fps=12)
-    save_student(root / "model.safetensors", temporal_model())
+    save_student(root / "model.safetensors", temporal_model(), PREPROCESSING)
     K = make_K(70.0, 72.0, 44.0, 30.5)
     save_intrinsics_json(root / "K.json", K, WIDTH, HEIGHT)
     return root, K
@@ -67,7 +68,12 @@ def test_infer_with_intrinsics_preview_and_points(inputs, tmp_path):
     assert attrs["checkpoint"] == {
         "name": "model.safetensors", "sha256": file_sha256(root / "model.safetensors"),
         "model_config": attrs["checkpoint"]["model_config"], "backends": {"encoder": "cnn", "ssm": "torch"},
+        "preprocessing": {**PREPROCESSING,
+                          "canonical_focal": attrs["checkpoint"]["model_config"]["canonical_focal"]},
     }
+    # The model runs at the geometry it was trained with (from the checkpoint, no flags needed).
+    assert attrs["preprocessing"] == {**PREPROCESSING, "from_checkpoint": True}
+    assert attrs["geometry"]["padded_size"] == [70, 56] and attrs["geometry"]["resized_size"] == [70, 47]
     assert attrs["fps"] == 12 and attrs["num_frames"] == FRAMES and attrs["size"] == [WIDTH, HEIGHT]
     assert attrs["provenance"]["stage"] == "infer" and attrs["provenance"]["params"]["points_every"] == 3
     assert "/" not in json.dumps(attrs["source"]["name"])  # a file name, never an absolute path
@@ -189,3 +195,48 @@ def test_failure_mid_video_leaves_no_outputs(inputs, tmp_path, monkeypatch):
         infer_video(root / "clip.mp4", root / "model.safetensors", tmp_path / "out.zarr",
                     InferConfig(device="cpu", hfov_deg=60.0, points_every=1), preview=tmp_path / "p.mp4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_geometry_flags_override_the_checkpoint_with_a_warning(inputs, tmp_path, capsys):
+    root, _ = inputs
+    args = ["infer", str(root / "clip.mp4"), "--checkpoint", str(root / "model.safetensors"), "--hfov", "60",
+            "--device", "cpu", "--threads", "1"]
+    assert cli.main([*args, "--out", str(tmp_path / "a.zarr"), "--long-edge", "42"]) == 0
+    assert "--long-edge 42 overrides the 70 model.safetensors was trained with" in capsys.readouterr().err
+    attrs = open_store(tmp_path / "a.zarr", "depth").attrs
+    assert attrs["geometry"]["resized_size"] == [42, 28] and attrs["provenance"]["threads"] == 1
+    # A model file without recorded preprocessing (older files): the defaults, said loudly.
+    save_student(tmp_path / "old.safetensors", temporal_model())
+    args[3] = str(tmp_path / "old.safetensors")
+    assert cli.main([*args, "--out", str(tmp_path / "b.zarr")]) == 0
+    assert "does not record its training preprocessing" in capsys.readouterr().err
+    assert open_store(tmp_path / "b.zarr", "depth").attrs["preprocessing"] == {
+        "long_edge": 224, "pad_multiple": 14, "from_checkpoint": False,
+    }
+
+
+def test_pipeline_keeps_order_and_raises_background_errors():
+    from videomamba_depth.inference.pipeline import Drain, prefetch
+
+    def produce():
+        yield from range(5)
+        raise OSError("decoder died")
+
+    got = []
+    with pytest.raises(OSError, match="decoder died"):
+        for item in prefetch(produce(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]  # every item produced before the error arrives first
+
+    consumed = []
+    with Drain(consumed.append, depth=2) as drain:
+        for i in range(50):
+            drain.put(i)
+    assert consumed == list(range(50))
+
+    def fail(item):
+        raise ValueError(f"cannot write {item}")
+
+    with pytest.raises(ValueError, match="cannot write 0"), Drain(fail, depth=1) as drain:
+        for i in range(100):  # the consumer's error surfaces at a later put or at close
+            drain.put(i)

@@ -320,3 +320,19 @@ def test_timm_encoder_adapts_a_stride_14_backbone(fake_timm):
         id(p) for p in groups["backbone"]["params"] + groups["backbone_no_decay"]["params"]
     } == backbone_ids
     assert model.backends["encoder"] == "timm:vit_small_patch14_dinov2.lvd142m"
+
+
+def test_preprocessing_is_saved_with_the_model(tmp_path):
+    """The prepare geometry a model was trained with travels in its file (infer reads it, no flags)."""
+    from videomamba_depth.models.io import load_preprocessing
+
+    model = tiny_model()
+    save_student(tmp_path / "with.safetensors", model, {"long_edge": 112, "pad_multiple": 14})
+    assert load_preprocessing(tmp_path / "with.safetensors") == {
+        "long_edge": 112, "pad_multiple": 14, "canonical_focal": model.config.canonical_focal,
+    }
+    save_student(tmp_path / "without.safetensors", model)
+    assert load_preprocessing(tmp_path / "without.safetensors") is None
+    with pytest.raises(ValueError, match=r"bad\.safetensors: preprocessing must be positive integers"):
+        save_student(tmp_path / "bad.safetensors", model, {"long_edge": 0, "pad_multiple": 14})
+    assert not (tmp_path / "bad.safetensors").exists()

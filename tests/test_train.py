@@ -367,3 +367,20 @@ def test_flip_augmentation_mirrors_frames_and_intrinsics(project):
     np.testing.assert_allclose(mirrored[:, ::-1] * [-1, 1, 1], points, atol=1e-9)
     dim = dataset[Item(0, 2, 3, gain=0.8, gamma=1.2)]["rgb"].float().mean()
     assert dim < plain["rgb"].float().mean()
+
+
+def test_prepared_preprocessing_is_read_from_the_stores_and_must_agree(tmp_path):
+    from videomamba_depth.training.data import TrainingVideo, prepared_preprocessing
+    from videomamba_depth.zarrio import StoreError, writing_store
+
+    def video(name, params):
+        path = tmp_path / f"{name}.zarr"
+        with writing_store(path, "prepared", {"provenance": {"stage": "prepare", "params": params}}):
+            pass
+        return TrainingVideo(name, path, path, path, 10, 8, 4, 4)
+
+    a = video("a", {"long_edge": 224, "pad_multiple": 14})
+    assert prepared_preprocessing([a, a]) == {"long_edge": 224, "pad_multiple": 14}
+    with pytest.raises(StoreError, match=r"b\.zarr: long_edge=112, pad_multiple=14"):
+        prepared_preprocessing([a, video("b", {"long_edge": 112, "pad_multiple": 14})])
+    assert prepared_preprocessing([a, video("c", {})]) is None  # a store not written by prepare

@@ -67,11 +67,15 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preview colour range in metres (default: first frame's 1st-99th percentile)")
     parser.add_argument("--points-every", type=int, default=0, metavar="N",
                         help="write a PLY point cloud every N frames into OUT.points/ (default 0: none)")
-    parser.add_argument("--long-edge", type=int, default=224,
-                        help="model input long edge: the training prepare.long_edge (default 224)")
-    parser.add_argument("--pad-multiple", type=int, default=14,
-                        help="model input padding multiple: the training prepare.pad_multiple (default 14)")
+    parser.add_argument("--long-edge", type=int,
+                        help="override the model input long edge recorded in the checkpoint (warns)")
+    parser.add_argument("--pad-multiple", type=int,
+                        help="override the model input padding multiple recorded in the checkpoint (warns)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads (default: half the cores, at most 4; the rest decode and write)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace outputs of a previous infer run (never other files or folders)")
     parser.add_argument("--backend", choices=("pyav", "decord"), default="pyav", help="video decoder")
     parser.add_argument("--anchoring", action="store_true",
                         help="keyframe anchoring with its default settings (see evaluate.anchoring)")
@@ -84,13 +88,14 @@ def _infer(args: argparse.Namespace) -> int:
     config = InferConfig.from_dict(
         {
             "long_edge": args.long_edge, "pad_multiple": args.pad_multiple, "video_backend": args.backend,
-            "device": args.device, "hfov_deg": args.hfov, "points_every": args.points_every,
-            "preview_range": args.preview_range, "anchoring": {"enabled": args.anchoring},
+            "device": args.device, "threads": args.threads, "hfov_deg": args.hfov,
+            "points_every": args.points_every, "preview_range": args.preview_range,
+            "anchoring": {"enabled": args.anchoring},
         },
         where="flags",
     )
     result = infer_video(args.video, args.checkpoint, args.out, config, intrinsics=args.intrinsics,
-                         preview=args.preview)
+                         preview=args.preview, force=args.force)
     written = [str(p) for p in (result.store, result.preview, result.points) if p is not None]
     print(f"{result.num_frames} frames at {result.fps:.1f} frames/s -> {', '.join(written)}", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -64,21 +65,24 @@ SMALL_FRAME_BYTES = 1024
 
 PARTIAL_MARK = ".partial-"
 REPLACED_MARK = ".replaced-"
+# Compression level of the stores (see ``compressor``).
+COMPRESSION_LEVEL = 3
 
 
 class StoreError(InputError):
     """A store that is missing, incomplete, or not of the expected kind."""
 
 
-def compressor(dtype: np.dtype | str) -> BloscCodec:
-    """Blosc/zstd level 3 with byte-shuffle.
+def compressor(dtype: np.dtype | str, clevel: int = COMPRESSION_LEVEL) -> BloscCodec:
+    """Blosc/zstd with byte-shuffle, level ``clevel`` (default 3).
 
     Measured on rendered frames and depth: byte-shuffle beats bit-shuffle on both ratio and speed (also for
     uint8 images, where bit-shuffle scatters the bits of smooth pixel values), and level 3 reads as fast as
     level 1 with most of level 5's ratio. Reads matter most: training streams clips from these stores.
+    Writers that must keep up with a video in real time pass ``clevel=1`` (see ``infer``).
     """
     itemsize = np.dtype(dtype).itemsize
-    return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle, typesize=itemsize)
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle=BloscShuffle.shuffle, typesize=itemsize)
 
 
 def time_chunking(frame_shape: Sequence[int], dtype: np.dtype | str) -> tuple[int, int]:
@@ -96,13 +100,31 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.name}{PARTIAL_MARK}{os.getpid()}")
 
 
+def partial_file_path(path: Path) -> Path:
+    """The temporary name a file is written under: ``NAME.partial-<pid>.SUFFIX`` (the suffix kept, since
+    writers such as PyAV pick the format from it)."""
+    return path.with_name(f"{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+
+
 def remove_stale_partials(path: Path) -> list[Path]:
-    """Delete leftovers of interrupted writes of ``path`` (one writer per store is assumed)."""
-    stale = sorted(path.parent.glob(f"{path.name}{PARTIAL_MARK}*")) + sorted(
-        path.parent.glob(f"{path.name}{REPLACED_MARK}*")
+    """Delete leftovers of interrupted writes of ``path`` (one writer per path is assumed).
+
+    Only names of our own pattern count: ``NAME.partial-<pid>``, ``NAME.replaced-<pid>`` (directories) and
+    ``STEM.partial-<pid>.SUFFIX`` (files), with a process id of digits; anything else next to ``path`` is
+    left alone.
+    """
+    if not path.parent.is_dir():
+        return []
+    ours = re.compile(
+        rf"{re.escape(path.name)}({re.escape(PARTIAL_MARK)}|{re.escape(REPLACED_MARK)})\d+"
+        rf"|{re.escape(path.stem)}{re.escape(PARTIAL_MARK)}\d+{re.escape(path.suffix)}"
     )
+    stale = sorted(p for p in path.parent.iterdir() if ours.fullmatch(p.name))
     for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return stale
 
 
@@ -137,12 +159,13 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling file name of ``path``; rename it to ``path`` when the block succeeds.
 
-    The temporary name keeps the suffix (writers such as PyAV pick the format from it). On any exception it
-    is deleted and an existing ``path`` is left untouched.
+    The temporary name keeps the suffix (:func:`partial_file_path`). On any exception it is deleted and an
+    existing ``path`` is left untouched; leftovers of killed writers of ``path`` are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+    remove_stale_partials(path)
+    tmp = partial_file_path(path)
     try:
         yield tmp
     except BaseException:
@@ -176,8 +199,9 @@ def create_time_array(
     length: int = 0,
     fill_value: Any = 0,
     attrs: Mapping[str, Any] | None = None,
+    clevel: int = COMPRESSION_LEVEL,
 ) -> zarr.Array:
-    """A time-chunked, sharded, compressed array of ``length`` frames of ``frame_shape``.
+    """A time-chunked, sharded, compressed array of ``length`` frames of ``frame_shape`` (zstd ``clevel``).
 
     ``dims`` names every axis, time first (e.g. ``("t", "y", "x", "c")``). Start with ``length=0`` and grow
     the array with :class:`TimeWriter` when the number of frames is not known in advance.
@@ -192,7 +216,7 @@ def create_time_array(
         dtype=dtype,
         chunks=(chunk_t, *frame_shape),
         shards=(shard_t, *frame_shape),
-        compressors=compressor(dtype),
+        compressors=compressor(dtype, clevel),
         fill_value=fill_value,
         dimension_names=tuple(dims),
         attributes={"units": units, "description": description, **(attrs or {})},

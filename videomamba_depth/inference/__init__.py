@@ -4,7 +4,8 @@
   and ``load_checkpoint``;
 - :mod:`.anchoring`: keyframe anchoring (``AnchoringConfig``, params ``evaluate.anchoring.*``);
 - :mod:`.infer`: ``infer_video``, the ``videomamba-depth infer`` command (video decoding, intrinsics,
-  preview, PLY); imported from there, so the evaluate stage does not depend on the video code.
+  preview, PLY); imported from there, so the evaluate stage does not depend on the video code;
+- :mod:`.pipeline`: the bounded background threads ``infer`` overlaps decoding and writing with.
 """
 
 from videomamba_depth.inference.anchoring import AnchoringConfig, Keyframe, KeyframeAnchor, describe

@@ -14,6 +14,7 @@ import torch
 
 from videomamba_depth.inference.anchoring import AnchoringConfig, KeyframeAnchor
 from videomamba_depth.models import StudentStates, VideoMambaDepth, load_student
+from videomamba_depth.models.io import load_preprocessing
 from videomamba_depth.provenance import file_sha256
 
 
@@ -22,9 +23,10 @@ def load_checkpoint(
 ) -> tuple[VideoMambaDepth, dict[str, Any]]:
     """Load a student saved by ``save_student``; return it (eval mode, on ``device``) and its provenance.
 
-    Provenance: ``{"name": file name, "sha256": ..., "model_config": ..., "backends": ...}`` (no absolute
-    path). A missing file raises a ``FileNotFoundError``; a truncated or foreign one, or one whose tensors do
-    not match its config, a ``models.io.CheckpointError``; both name it.
+    Provenance: ``{"name": file name, "sha256": ..., "model_config": ..., "backends": ...,
+    "preprocessing": {"long_edge", "pad_multiple", "canonical_focal"} or None when the file does not record
+    it}`` (no absolute path). A missing file raises a ``FileNotFoundError``; a truncated or foreign one, or
+    one whose tensors do not match its config, a ``models.io.CheckpointError``; both name it.
     """
     path = Path(path)
     # The CUDA scan kernels are an inference-speed choice, not part of the weights: CPU runs use torch.
@@ -35,6 +37,7 @@ def load_checkpoint(
         "sha256": file_sha256(path),
         "model_config": model.config.to_dict(),
         "backends": model.backends,
+        "preprocessing": load_preprocessing(path),
     }
     return model, info
 

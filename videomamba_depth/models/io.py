@@ -1,8 +1,10 @@
 """Saving and loading trained students as self-describing ``.safetensors`` files.
 
 The file holds the weights and, in the safetensors metadata, the ``ModelConfig`` as JSON, so
-``load_student(path)`` rebuilds the exact architecture without any other file. (Resumable training state —
-optimizer, scheduler, step, RNG — is the training loop's checkpoint, not this file.)
+``load_student(path)`` rebuilds the exact architecture without any other file; optionally also the
+preprocessing of its training frames (``load_preprocessing``), so ``infer`` prepares videos the same way.
+(Resumable training state — optimizer, scheduler, step, RNG — is the training loop's checkpoint, not this
+file.)
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+# Preprocessing recorded with a student (optional in format version 2: older files lack it).
+PREPROCESSING_KEYS = ("long_edge", "pad_multiple")
 
 
 def unwrap_student(model: nn.Module) -> VideoMambaDepth:
@@ -52,12 +56,20 @@ def unwrap_student(model: nn.Module) -> VideoMambaDepth:
     return model
 
 
-def save_student(path: str | Path, model: nn.Module) -> None:
+def save_student(path: str | Path, model: nn.Module, preprocessing: Mapping[str, Any] | None = None) -> None:
     """Write the model's weights and config to ``path`` (``.safetensors``), atomically (temporary name, then
-    rename: a kill mid-write leaves the previous file)."""
+    rename: a kill mid-write leaves the previous file).
+
+    ``preprocessing``: how the training frames were prepared, ``{"long_edge", "pad_multiple"}`` (the
+    ``prepare`` params), stored with the model's ``canonical_focal`` so that ``infer`` prepares videos the
+    same way (:func:`load_preprocessing`).
+    """
     student = unwrap_student(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": student.config.to_dict()}
+    if preprocessing is not None:
+        header["preprocessing"] = {**_checked_preprocessing(preprocessing, path),
+                                   "canonical_focal": student.config.canonical_focal}
     metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -65,6 +77,30 @@ def save_student(path: str | Path, model: nn.Module) -> None:
 
 class CheckpointError(InputError):
     """A student file that is unreadable, of another format, or whose tensors do not match its config."""
+
+
+def _checked_preprocessing(values: Mapping[str, Any], path: str | Path) -> dict[str, int]:
+    if set(values) - {"canonical_focal"} != set(PREPROCESSING_KEYS) or not all(
+        isinstance(values[k], int) and not isinstance(values[k], bool) and values[k] > 0
+        for k in PREPROCESSING_KEYS
+    ):
+        raise CheckpointError(
+            f"{path}: preprocessing must be positive integers {list(PREPROCESSING_KEYS)}, got {dict(values)}"
+        )
+    return {k: values[k] for k in PREPROCESSING_KEYS}
+
+
+def load_preprocessing(path: str | Path) -> dict[str, Any] | None:
+    """The ``{"long_edge", "pad_multiple", "canonical_focal"}`` a student was trained with, or None when the
+    file does not record it (saved without ``preprocessing``). Call after :func:`load_student` succeeded."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        header = json.loads((f.metadata() or {})[METADATA_KEY])
+    if "preprocessing" not in header:
+        return None
+    values = header["preprocessing"]
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: preprocessing metadata is not a mapping: {values!r}")
+    return {**_checked_preprocessing(values, path), "canonical_focal": values.get("canonical_focal")}
 
 
 def load_student(

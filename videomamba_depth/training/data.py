@@ -104,6 +104,29 @@ def find_videos(names: Sequence[str], val_frames: int) -> list[TrainingVideo]:
     return videos
 
 
+def prepared_preprocessing(videos: Sequence[TrainingVideo]) -> dict[str, int] | None:
+    """``{"long_edge", "pad_multiple"}`` the videos were prepared with (the ``prepare`` stage's params, from
+    the prepared stores' provenance), saved with the student so ``infer`` prepares videos the same way.
+
+    None when a store does not record them (stores not written by the ``prepare`` stage); a
+    :class:`StoreError` when the videos were prepared differently (one model, one input geometry).
+    """
+    found: dict[tuple[int, int], str] = {}
+    for v in videos:
+        params = open_store(v.prepared, "prepared").attrs.get("provenance", {}).get("params", {})
+        if "long_edge" not in params or "pad_multiple" not in params:
+            return None
+        found.setdefault((params["long_edge"], params["pad_multiple"]), str(v.prepared))
+    if len(found) > 1:
+        listed = "; ".join(f"{path}: long_edge={le}, pad_multiple={pm}" for (le, pm), path in found.items())
+        raise StoreError(f"training videos were prepared with different geometries ({listed}); "
+                         "re-run prepare")
+    if not found:
+        return None
+    (long_edge, pad_multiple), = found
+    return {"long_edge": long_edge, "pad_multiple": pad_multiple}
+
+
 def usage_notes(videos: Sequence[TrainingVideo], clip_len: int, p_single_frame: float) -> list[str]:
     """One line per video that is not used in full: too short to hold out validation frames, to give a
     clip of ``clip_len`` training frames (then only single-frame steps use it), or to be used at all."""

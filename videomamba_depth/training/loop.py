@@ -37,7 +37,15 @@ from videomamba_depth.losses import DistillationLoss
 from videomamba_depth.models import VideoMambaDepth, build_student, save_student
 from videomamba_depth.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from videomamba_depth.training.config import TrainConfig
-from videomamba_depth.training.data import ClipDataset, Item, StepPlan, collate, find_videos, usage_notes
+from videomamba_depth.training.data import (
+    ClipDataset,
+    Item,
+    StepPlan,
+    collate,
+    find_videos,
+    prepared_preprocessing,
+    usage_notes,
+)
 from videomamba_depth.training.distributed import Distributed, setup, teardown
 from videomamba_depth.viz import colorize, robust_range
 from videomamba_depth.zarrio import atomic_file
@@ -139,6 +147,7 @@ class _Trainer:
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(config.seed)
         self.videos = find_videos(config.videos, config.val_frames)
+        self.preprocessing = prepared_preprocessing(self.videos)  # saved with every model file
         self.dataset = ClipDataset(self.videos)
         self.model: VideoMambaDepth = build_student(config.model).to(context.device)
         self.optimizer = torch.optim.AdamW(
@@ -340,7 +349,7 @@ class _Trainer:
             self.best_metric = metrics[BEST_METRIC]
             # Kept with the resumable state (DVC deletes model_best before re-running the stage, and a
             # resumed run may not see this validation again); copied to model_best at the end.
-            save_student(self._best_in_state, self.model)
+            save_student(self._best_in_state, self.model, self.preprocessing)
         live.make_summary()
         return metrics
 
@@ -446,9 +455,9 @@ class _Trainer:
         return self.out_dir / "state" / BEST_FILE
 
     def _write_outputs(self, live: object) -> None:
-        save_student(self.out_dir / "model_final.safetensors", self.model)
+        save_student(self.out_dir / "model_final.safetensors", self.model, self.preprocessing)
         if math.isinf(self.best_metric):  # never validated (no video has validation frames): best = final
-            save_student(self.out_dir / "model_best.safetensors", self.model)
+            save_student(self.out_dir / "model_best.safetensors", self.model, self.preprocessing)
         else:
             with atomic_file(self.out_dir / "model_best.safetensors") as tmp:
                 shutil.copyfile(self._best_in_state, tmp)
