@@ -91,7 +91,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="a trained student, e.g. data/train/model_best.safetensors")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
-    parser.add_argument("--out", required=True, help="output file, e.g. step.onnx (written only when complete)")
+    parser.add_argument("--out", required=True,
+                        help="output file, e.g. step.onnx (written only when complete)")
     parser.add_argument("--size", type=int, nargs=2, default=(168, 224), metavar=("H", "W"),
                         help="frame size of the graph: the prepared frames' (default 168 224)")
     parser.add_argument("--dynamic-size", action="store_true",

@@ -10,11 +10,10 @@ The exported graph is :meth:`VideoMambaDepth.step` for one stream (batch 1):
 State tensors of temporal scale ``s`` (stride 16 or 32) hold one row per feature cell,
 ``L_s = ceil(H_p / s) * ceil(W_p / s)`` with ``H_p, W_p`` = H, W rounded up to the encoder's
 ``pad_multiple``; per Mamba block ``conv (L_s, d_conv - 1, conv_dim)`` (float32) and
-``ssm (L_s, nheads, headdim, d_state)`` (float32). The first frame of a video gets zeros; every later frame the
-previous call's ``next_state.*``. With a fixed image size (the default) H, W and every ``L_s`` are constants of
-the graph; ``dynamic=True`` leaves H, W symbolic (``L_s`` follows them), at the price of a slower graph. The
-layout is also stored in the model's metadata (``videomamba_depth.export``, JSON), which
-:class:`OnnxStreamingDepth` reads.
+``ssm (L_s, nheads, headdim, d_state)`` (float32). The first frame of a video gets zeros; every later frame
+the previous call's ``next_state.*``. With a fixed image size (the default) H, W and every ``L_s`` are
+constants of the graph; ``dynamic=True`` leaves H, W symbolic (``L_s`` follows them). The layout is also
+stored in the model's metadata (``videomamba_depth.export``, JSON), which :class:`OnnxStreamingDepth` reads.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from videomamba_depth.models import STRIDES, SCALES, StudentStates, VideoMambaDepth
+from videomamba_depth.models import SCALES, STRIDES, StudentStates, VideoMambaDepth
 from videomamba_depth.ssm import BlockState, ScaleState
 from videomamba_depth.zarrio import atomic_file
 
@@ -106,10 +105,8 @@ class StepGraph(nn.Module):
     def forward(self, rgb: Tensor, K: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
         height, width = rgb.shape[-2:]
         sizes = self.model.encoder.feature_sizes(height, width)
-        scales, i = [], 0
-        for n in self.blocks.values():
-            scales.append(ScaleState(tuple(BlockState(flat[i + 2 * b], flat[i + 2 * b + 1]) for b in range(n))))
-            i += 2 * n
+        pairs = iter(zip(flat[0::2], flat[1::2], strict=True))  # (conv, ssm) per block, in graph order
+        scales = [ScaleState(tuple(BlockState(*next(pairs)) for _ in range(n))) for n in self.blocks.values()]
         states = StudentStates(
             batch=1, names=tuple(self.blocks), sizes=tuple(sizes[name] for name in self.blocks),
             scales=tuple(scales),
