@@ -24,6 +24,7 @@ BENCHMARKS = (
     "bench_model",
     "bench_train",
     "bench_stream",
+    "bench_export",
 )
 
 

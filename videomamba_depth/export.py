@@ -235,6 +235,9 @@ class OnnxStreamingDepth:
         ort = require_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # No busy-waiting of idle worker threads between frames: they would take the cores from the decoding
+        # and writing that run between two steps.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.meta = read_export_metadata(path, self.session)
         self.path = Path(path)
