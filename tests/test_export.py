@@ -11,11 +11,17 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from test_models import tiny_model
+from test_models import TINY, randomise_, tiny_model
 
 from videomamba_depth.cli import main
-from videomamba_depth.export import OnnxStreamingDepth, read_export_metadata, state_layout, zero_states
-from videomamba_depth.models import save_student
+from videomamba_depth.export import (
+    OnnxStreamingDepth,
+    export_onnx,
+    read_export_metadata,
+    state_layout,
+    zero_states,
+)
+from videomamba_depth.models import ModelConfig, build_student, require_timm, save_student
 
 MISSING = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(
@@ -131,3 +137,23 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "junk.safetensors" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s.onnx").exists()
+
+
+@pytest.mark.slow  # exporting a ViT-S takes about 20 s on 2 cores
+def test_timm_vit_encoder_student_exports(tmp_path):
+    """A DINOv2 ViT-S/14 encoder (random weights) exports too; its padding multiple is 14."""
+    try:
+        require_timm()
+    except ImportError as exc:
+        pytest.skip(f"timm not importable here: {exc.__cause__}")
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({**TINY, "encoder": "timm", "timm_pretrained": False})
+    model = randomise_(build_student(cfg), 0, keep_zero=("backbone.",)).eval()
+    height, width = 42, 56
+    export_onnx(model, tmp_path / "vit.onnx", height=height, width=width)
+    runner = OnnxStreamingDepth(tmp_path / "vit.onnx", threads=1)
+    assert runner.meta["pad_multiple"] == 14
+    rgb, K = video(6, height, width, seed=3)
+    expected, _ = torch_depths(model, rgb, K)
+    got = np.stack([runner(frame, K) for frame in rgb])
+    assert np.abs(got - expected).max() <= TOL * np.abs(expected).max()
