@@ -116,3 +116,25 @@ def test_vit_encoder_checkpoint_from_a_real_timm_state_dict(tmp_path, capsys):
     # The final norm (features_only drops it) and the head are unexpected; only the adapters are missing.
     assert "backbone.model.norm.weight" in report and "depth_head.proj.weight" in report
     assert "missing (module keys not in the checkpoint, left as initialised): 8: adapters.0.weight" in report
+
+
+def test_convnext_encoder_checkpoint_maps_each_stage_prefix(tmp_path, capsys):
+    """A plain timm ConvNeXt state dict: ``features_only`` renames ``stem.0`` / ``stages.0`` to ``stem_0`` /
+    ``stages_0``, so the prefix map lists one pair per module; the classifier head is reported unexpected."""
+    name = BACKBONES["convnext_atto"][0]
+    torch.manual_seed(6)
+    source = timm.create_model(name, pretrained=False)
+    save_file(source.state_dict(), str(tmp_path / "convnext.safetensors"))
+    modules = [("stem", i) for i in range(2)] + [("stages", i) for i in range(4)]
+    prefix_map = [[f"{m}.{i}.", f"backbone.{m}_{i}."] for m, i in modules]
+    cfg = timm_config("convnext_atto", encoder_checkpoint=str(tmp_path / "convnext.safetensors"),
+                      encoder_prefix_map=prefix_map)
+    model = build_student(cfg)
+    backbone = model.encoder.backbone.state_dict()
+    plain = source.state_dict()
+    for key, value in backbone.items():
+        m, rest = key.split(".", 1)
+        assert torch.equal(value, plain[m.replace("_", ".") + "." + rest]), key
+    report = capsys.readouterr().err
+    assert f"loaded {len(backbone)}/{len(model.encoder.state_dict())}" in report
+    assert "(checkpoint keys not in the module, ignored): 4: head.fc.bias, head.fc.weight" in report
