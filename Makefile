@@ -1,23 +1,26 @@
 # Set-up, tests and the pipeline. Every target creates the virtualenv on first use.
 #   make repro   set up, then `dvc repro` the embedded default pipeline
 #   make test    set up, then run the test suite
-# CPU machines take torch==2.13.0 (CPU wheel) through constraints/cpu.txt. On a CUDA machine:
-#   make setup TORCH_CONSTRAINTS=        (no constraint: pip installs the CUDA build of torch)
+#   make gpu-check   on a CUDA machine: the CUDA tests and GPU benchmarks (bench/gpu_check.sh)
+# Every machine installs the pinned releases of constraints/default.txt (torch 2.14.1 + torchvision 0.29.1,
+# timm, ptlflow, onnx/onnxruntime). Elsewhere, CPU wheels instead of PyPI's CUDA build of torch:
+#   make setup PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 VENV ?= .venv
 PYTHON ?= python3
-TORCH_CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= dev
+CONSTRAINTS ?= constraints/default.txt
+EXTRAS ?= dev,raft,timm,export
+PIP_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup repro test bench lint clean-data
+.PHONY: setup repro test bench gpu-check lint clean-data
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints/cpu.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install $(PIP_ARGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
 	touch $@
 
 repro: setup
@@ -28,6 +31,9 @@ test: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
+
+gpu-check: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/gpu_check.sh
 
 lint: setup
 	$(BIN)/ruff check videomamba_depth stages tests bench

@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench_train",
     "bench_stream",
     "bench_infer",
+    "bench_export",
 )
 
 

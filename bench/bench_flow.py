@@ -4,8 +4,9 @@ Input is one short synthetic video taken through the real pipeline (synth -> dec
 teacher) in a temporary directory, so frames are the default prepared geometry with H.264 artefacts.
 
 - Backend frames/s: forward + backward flow of every consecutive pair of the image region (what the stage
-  computes per frame); DIS at each preset, RAFT (ptlflow, random weights: speed does not depend on them) only
-  where ptlflow imports.
+  computes per frame), and milliseconds per pair in one direction; DIS at each preset, RAFT-small and RAFT
+  (ptlflow, random weights: speed does not depend on them) on the first 5 of the same frames, where ptlflow
+  imports.
 - Stage frames/s: ``compute_flow_store`` with the default params (DIS, consistency, PnP pose, static mask,
   compression and writing).
 - Store bytes per frame: on-disk size of the flow store divided by the number of frames, total and per array.
@@ -134,13 +135,14 @@ def markdown(results: dict) -> str:
         f"# bench_flow: {f['count']} frames, image {f['image_size_wh'][0]}x{f['image_size_wh'][1]} "
         f"(padded {f['padded_size_wh'][0]}x{f['padded_size_wh'][1]}), CPU threads {results['threads']}",
         "",
-        "| what | frames/s | note |",
-        "| --- | ---: | --- |",
+        "| what | frames/s | ms per pair (one direction) | note |",
+        "| --- | ---: | ---: | --- |",
     ]
     for name, r in results["backends"].items():
         fps = "n/a" if r["fps"] is None else f"{r['fps']:.1f}"
-        lines.append(f"| backend {name} (fwd + bwd) | {fps} | {r.get('note', '')} |")
-    lines.append(f"| flow stage (default params, DIS medium) | {results['stage']['fps']:.1f} | "
+        per_pair = "n/a" if r["fps"] is None else f"{1e3 / (2 * r['fps']):.1f}"
+        lines.append(f"| backend {name} (fwd + bwd) | {fps} | {per_pair} | {r.get('note', '')} |")
+    lines.append(f"| flow stage (default params, DIS medium) | {results['stage']['fps']:.1f} | | "
                  "flow, consistency, PnP pose, static mask, write |")
     lines += ["", "| store array | bytes/frame |", "| --- | ---: |"]
     lines += [f"| {k} | {v:,.0f} |" for k, v in results["store_bytes_per_frame"].items()]

@@ -22,10 +22,10 @@ def call_seconds(fn: Callable[[], object], repeats: int, warm_up: int = 1) -> li
     return times
 
 
-def write_results(name: str, results: dict, markdown: str) -> None:
+def write_results(name: str, results: dict, markdown: str, directory: Path = RESULTS) -> None:
     """``bench/results/<name>.json`` (the numbers) and ``<name>.md`` (the table the README quotes); prints
-    the table."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown)
+    the table. ``directory`` replaces bench/results (tests write elsewhere)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (directory / f"{name}.md").write_text(markdown)
     print(markdown)

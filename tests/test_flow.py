@@ -493,7 +493,10 @@ def raft_small() -> RAFTBackend:
 
 def test_raft_random_weights_shapes_and_batching(raft_small: RAFTBackend, scene: dict) -> None:
     """The real ptlflow RAFT class with random weights: shapes, finite values, batching changes nothing."""
-    a, b = scene["rgb"][:3, :90, :124], scene["rgb"][1:4, :90, :124]  # not a multiple of 8: ptlflow pads
+    # Not a multiple of 8 (ptlflow pads) and below RAFT's 128 px minimum (the backend pads: without it the
+    # coarsest correlation level has 1 cell and every flow is NaN).
+    a, b = scene["rgb"][:3, :90, :124], scene["rgb"][1:4, :90, :124]
+    assert raft_small.min_side == 128
     flows = raft_small.flow(a, b)
     assert flows.shape == (3, 90, 124, 2) and flows.dtype == np.float32 and np.isfinite(flows).all()
     one_by_one = np.concatenate([raft_small.flow(a[i : i + 1], b[i : i + 1]) for i in range(3)])
@@ -509,3 +512,43 @@ def test_raft_backend_writes_a_flow_store(raft_small: RAFTBackend, tmp_path: Pat
     g = open_store(tmp_path / "flow.zarr", kind="flow")
     assert g["flow_fwd"].shape == (2, H + 6, W + 8, 2) and g.attrs["backend"]["library"] == "ptlflow"
     assert "ptlflow" in g.attrs["provenance"]["versions"]
+
+
+def test_raft_flow_stage_end_to_end_has_the_dis_store_layout(
+    raft_small: RAFTBackend, tmp_path: Path, scene: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m stages.flow`` with ``backend: raft`` (random weights, from params.yaml) on a tiny prepared
+    video: the same arrays, shapes, dtypes, chunking and attributes as with DIS; flow, masks and poses
+    are filled in, and the backend is recorded."""
+    from stages import flow as stage
+
+    T = 4
+    write_prepared(tmp_path / "data/prepared/clip.zarr", scene["rgb"][:T], None)
+    K_used = np.broadcast_to(padded_K(), (T, 3, 3))
+    write_teacher(tmp_path / "data/teacher/clip.zarr", scene["depth"][:T], K_used)
+    monkeypatch.chdir(tmp_path)
+    layouts, stores_ = {}, {}
+    for backend in ("dis", "raft"):
+        params = {"videos": {"clip": {"video": "clip.mp4"}},
+                  "flow": {"backend": backend, "raft_ckpt": None, "raft_iters": 2, "raft_batch_pairs": 2}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        stage.main(["clip"])
+        (tmp_path / "data/flow/clip.zarr").rename(tmp_path / f"{backend}.zarr")
+        g = open_store(tmp_path / f"{backend}.zarr", kind="flow")
+        stores_[backend] = g
+        layouts[backend] = {name: (a.shape, a.dtype, a.chunks) for name, a in g.arrays()}
+    assert layouts["raft"] == layouts["dis"]
+    assert layouts["raft"]["flow_fwd"][0] == (T - 1, H + 6, W + 8, 2)
+    dis, raft = stores_["dis"], stores_["raft"]
+    assert set(raft.attrs) == set(dis.attrs) and raft.attrs["num_pairs"] == T - 1
+    assert raft.attrs["backend"]["name"] == "raft" and raft.attrs["backend"]["weights"]["kind"] == "random"
+    assert raft.attrs["backend"]["iters"] == 2
+    image = (slice(None), slice(PAD[1], PAD[1] + H), slice(PAD[0], PAD[0] + W))
+    fwd = raft["flow_fwd"][...]
+    assert np.isfinite(fwd[image]).all() and not np.array_equal(fwd, dis["flow_fwd"][...])
+    assert raft["rel_pose"].shape == (T - 1, 4, 4) and np.isfinite(raft["rel_pose"][...]).all()
+    # Random weights give arbitrary flow: masks are whatever the checks decide, but never outside the image.
+    for name in ("consistent", "static"):
+        mask = raft[name][...]
+        assert mask.dtype == bool and not mask[:, : PAD[1]].any() and not mask[:, :, : PAD[0]].any()
+    assert not (raft["static"][...] & ~raft["consistent"][...]).any()

@@ -101,11 +101,38 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="a trained student, e.g. data/train/model_best.safetensors")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
+    parser.add_argument("--out", required=True,
+                        help="output file, e.g. step.onnx (written only when complete)")
+    parser.add_argument("--size", type=int, nargs=2, default=(168, 224), metavar=("H", "W"),
+                        help="frame size of the graph: the prepared frames' (default 168 224)")
+    parser.add_argument("--dynamic-size", action="store_true",
+                        help="any frame size (H, W symbolic; --size is then only the tracing example)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from videomamba_depth.export import export_onnx
+    from videomamba_depth.inference.predictor import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    height, width = args.size
+    meta = export_onnx(model, args.out, height=height, width=width, dynamic=args.dynamic_size)
+    size = "dynamic" if meta["image_size"] is None else f"{height}x{width}"
+    print(f"wrote {args.out}: streaming step, frame size {size}, {len(meta['states'])} state tensors "
+          f"({', '.join(s['input'] for s in meta['states'])})", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "inspect": Command("describe a store (tree, layout, bytes, statistics, attributes); draw a PNG",
                        _inspect_arguments, _inspect),
     "infer": Command("streaming metric depth of a video with a trained student (Zarr, preview, PLY)",
                      _infer_arguments, _infer),
+    "export": Command("export the streaming step (states as explicit inputs/outputs) to ONNX",
+                      _export_arguments, _export),
 }
 
 

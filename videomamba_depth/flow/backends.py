@@ -163,11 +163,24 @@ class RAFTBackend(FlowBackend):
         self._model.iters = iters
         self._model.eval().to(self.device)
 
+    @property
+    def min_side(self) -> int:
+        """Smallest frame side RAFT handles, px: its correlation pyramid halves the stride-8 feature map
+        ``corr_levels - 1`` times, and its bilinear lookup divides by (size - 1) of every level, so the
+        coarsest level needs at least 2 cells (a 1-cell level gives NaN flow everywhere)."""
+        return 8 * 2 ** (getattr(self._model, "corr_levels", 4) - 1) * 2
+
     @torch.inference_mode()
     def _flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         n, h, w = first.shape[:3]
+        # Smaller frames are padded bottom/right by edge replication (pixels keep their coordinates) and the
+        # flow is cropped back.
+        ph, pw = max(h, self.min_side), max(w, self.min_side)
+        if (ph, pw) != (h, w):
+            widths = ((0, 0), (0, ph - h), (0, pw - w), (0, 0))
+            first, second = np.pad(first, widths, mode="edge"), np.pad(second, widths, mode="edge")
         adapter = self._io_adapter_cls(
-            output_stride=self._model.output_stride, input_size=(h, w), cuda=self.device.type == "cuda"
+            output_stride=self._model.output_stride, input_size=(ph, pw), cuda=self.device.type == "cuda"
         )
         out = np.empty((n, h, w, 2), dtype=np.float32)
         for start in range(0, n, self.batch_pairs):
@@ -182,7 +195,8 @@ class RAFTBackend(FlowBackend):
             )
             preds = adapter.unscale(self._model({"images": images}))
             # "flows": (B, 1, 2, H, W), the model has already removed its own stride padding.
-            out[start:stop] = rearrange(preds["flows"][:, 0].float().cpu().numpy(), "b c h w -> b h w c")
+            flows = rearrange(preds["flows"][:, 0].float().cpu().numpy(), "b c h w -> b h w c")
+            out[start:stop] = flows[:, :h, :w]
         return out
 
     def describe(self) -> dict[str, Any]:

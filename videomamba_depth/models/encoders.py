@@ -65,12 +65,14 @@ class Encoder(nn.Module):
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """``(H_p, W_p)``: the frame size rounded up to a multiple of ``pad_multiple``."""
         m = self.pad_multiple
-        return -(-height // m) * m, -(-width // m) * m
+        # Ceil division written as (n + m - 1) // m, not -(-n // m): the same for sizes >= 0, and it stays
+        # right when exported to ONNX with symbolic sizes, whose integer Div truncates instead of flooring.
+        return (height + m - 1) // m * m, (width + m - 1) // m * m
 
     def feature_sizes(self, height: int, width: int) -> dict[str, tuple[int, int]]:
         """Scale name -> ``(h, w)`` of its feature maps for ``height x width`` input frames."""
         hp, wp = self.padded_size(height, width)
-        return {name: (-(-hp // s), -(-wp // s)) for name, s in zip(SCALES, STRIDES, strict=True)}
+        return {name: ((hp + s - 1) // s, (wp + s - 1) // s) for name, s in zip(SCALES, STRIDES, strict=True)}
 
     def normalize_and_pad(self, rgb: Tensor) -> Tensor:
         """``(F, 3, H, W)`` uint8 or float in [0, 1] -> ``(F, 3, H_p, W_p)`` fp32, normalised, padded."""
