@@ -1,6 +1,6 @@
 """Flow stage quality against ground truth on the default synthetic scenes (renderer + prepare + teacher).
 
-Two default scenes (``synth.videos`` seeds of scene_00 and scene_01, params.yaml synth/prepare/teacher/flow
+Two default scenes (``synth.videos`` seeds of train_00 and train_01, params.yaml synth/prepare/teacher/flow
 sections), first ``NUM_FRAMES`` frames, rendered with the streaming API, encoded to H.264 as the synth stage
 does, and taken through the real decode, prepare (ground-truth resampling) and synthetic-teacher code at
 the default prepared geometry.
@@ -28,7 +28,7 @@ from videomamba_depth.video.writer import write_mp4
 from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENES = ("scene_00", "scene_01")
+SCENES = ("train_00", "train_01")
 NUM_FRAMES = 14
 
 
