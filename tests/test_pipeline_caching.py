@@ -73,23 +73,3 @@ def test_caching_granularity(project):
         "a.zarr", "b.zarr", "clip.v2.zarr"
     ]
     assert ran(dvc(project, "repro")) == set()
-
-
-@pytest.mark.slow
-def test_a_failed_rerun_keeps_the_previous_good_store(project):
-    """DVC deletes ordinary outputs before a stage runs; ours persist, so a failing re-run loses nothing."""
-    params = project_params()
-    write_params(project, params)
-    dvc(project, "repro")
-    before = (project / "data/frames/a.zarr/rgb/c/0/0/0/0").read_bytes()
-    # Newly corrupt input: the store made from the good file is kept, and DVC records nothing new.
-    (project / "videos" / "a.mp4").write_bytes(b"\x00" * 4096)
-    result = dvc(project, "repro", check=False)
-    assert result.returncode != 0 and "videos/a.mp4: not a readable video" in result.stdout
-    assert (project / "data/frames/a.zarr/rgb/c/0/0/0/0").read_bytes() == before
-    # Bad params: refused before any store is touched.
-    params["prepare"]["long_edge"] = -3
-    write_params(project, params)
-    result = dvc(project, "repro", "-s", "prepare", check=False)
-    assert result.returncode != 0 and re.search(r"prepare: .*got -3", result.stdout + result.stderr)
-    assert open_store(project / "data/prepared/a.zarr", "prepared")["rgb"].shape[0] == 6

@@ -29,6 +29,13 @@ class InputError(ValueError):
     """
 
 
+class MissingDependencyError(InputError, ImportError):
+    """An optional dependency is not installed; the message says what to install (one guarded import each).
+
+    An ``ImportError`` too, so ``except ImportError`` around optional features keeps working.
+    """
+
+
 def debug_enabled() -> bool:
     """Whether ``VMD_DEBUG`` asks for tracebacks (set to anything but empty or ``0``)."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from videomamba_depth.errors import MissingDependencyError
 from videomamba_depth.models import SCALES, STRIDES, StudentStates, VideoMambaDepth
 from videomamba_depth.ssm import BlockState, ScaleState
 from videomamba_depth.zarrio import atomic_file
@@ -51,7 +52,7 @@ def require_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(f"{ONNX_HINT} (import failed: {exc})") from exc
+        raise MissingDependencyError(f"{ONNX_HINT} (import failed: {exc})") from exc
     return onnxruntime
 
 
@@ -166,7 +167,7 @@ def export_onnx(
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency: fail here with the hint)
     except ImportError as exc:
-        raise ImportError(f"{ONNX_HINT} (import failed: {exc})") from exc
+        raise MissingDependencyError(f"{ONNX_HINT} (import failed: {exc})") from exc
     if height < 1 or width < 1:
         raise ValueError(f"export image size must be positive, got {height} x {width}")
     graph = StepGraph(model).eval()

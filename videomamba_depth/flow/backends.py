@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from videomamba_depth.errors import MissingDependencyError
 from videomamba_depth.provenance import file_sha256
 
 DIS_PRESETS = {
@@ -120,7 +121,7 @@ def import_ptlflow() -> tuple[ModuleType, type]:
         import ptlflow
         from ptlflow.utils.io_adapter import IOAdapter
     except (ImportError, RuntimeError, OSError) as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             "flow.backend=raft needs ptlflow, which could not be imported "
             f"({type(exc).__name__}: {exc}). Install it with `pip install 'videomamba-depth[raft]'` "
             "together with the torchvision build that matches your torch (same CUDA or CPU variant, from the "

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from videomamba_depth.errors import MissingDependencyError
 from videomamba_depth.models.layers import ResBlock, conv3x3, group_norm
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def require_timm() -> ModuleType:
     try:
         import timm
     except (ImportError, RuntimeError) as exc:  # RuntimeError: torchvision built for another torch
-        raise ImportError(f"{TIMM_HINT}\n(import failed: {exc})") from exc
+        raise MissingDependencyError(f"{TIMM_HINT}\n(import failed: {exc})") from exc
     return timm
 
 

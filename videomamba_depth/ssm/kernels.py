@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from videomamba_depth.errors import MissingDependencyError
+
 INSTALL_HINT = (
     "On a CUDA machine: pip install 'videomamba-depth[cuda]' (mamba-ssm>=2.2 and causal-conv1d>=1.4, built "
     "against the CUDA version of your torch). Otherwise use backend='torch' (pure PyTorch, same results)."
@@ -27,7 +29,7 @@ def require_mamba_ssm() -> Callable[..., Tensor | tuple[Tensor, ...]]:
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f"backend='cuda' needs the mamba-ssm kernels, which could not be imported ({exc}). {INSTALL_HINT}"
         ) from exc
     return mamba_chunk_scan_combined

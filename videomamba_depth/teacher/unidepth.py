@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from videomamba_depth.devices import resolve_device
+from videomamba_depth.errors import MissingDependencyError
 from videomamba_depth.provenance import file_sha256
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext
 
@@ -40,7 +41,7 @@ def _import_unidepth() -> type:
     try:
         from unidepth.models import UniDepthV2
     except ImportError as exc:
-        raise ImportError(f"{INSTALL_HINT}\n(import failed: {exc})") from exc
+        raise MissingDependencyError(f"{INSTALL_HINT}\n(import failed: {exc})") from exc
     return UniDepthV2
 
 
