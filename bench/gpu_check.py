@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from bench.bench_stream import ViTSmallProxy
+from bench.bench_stream import ViTProxy
 from bench.common import RESULTS, write_results
 from videomamba_depth.models import ModelConfig, build_student, require_timm
 
@@ -130,7 +130,7 @@ def teacher_fps(
     except Exception as exc:  # weights not reachable offline, or any load failure: say so, use the proxy
         reason = f"UniDepthV2 could not run ({type(exc).__name__}: {exc})"
     torch.manual_seed(0)
-    vit = ViTSmallProxy(height, width).to(device).eval()
+    vit = ViTProxy("vits14", height, width).to(device).eval()
     x = torch.rand(1, 3, height, width, device=device)
     with torch.inference_mode():
         fps = timed_fps(lambda: vit(x), device, frames, warm_up)

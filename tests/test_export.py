@@ -133,7 +133,7 @@ def test_dynamic_size_export_runs_other_sizes(tmp_path):
 def test_export_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     assert main(["export", "--checkpoint", str(tmp_path / "junk.safetensors"), "--out",
-                 str(tmp_path / "s.onnx")]) == 1
+                 str(tmp_path / "s.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert "junk.safetensors" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s.onnx").exists()
