@@ -119,9 +119,10 @@ def run_videos(
     ``code_module`` (dotted) is the library code the tasks run: its import closure's hash is part of every
     fingerprint. With ``prune``, before any work, entries of ``root`` that are ours but belong to no task
     (stores of videos removed from the manifest, leftovers of killed writers) are removed, so the stage's DVC
-    output holds exactly the manifest's videos. Expected errors of one video (``ValueError`` and ``OSError``:
-    bad input, bad store, disk full) are reported and the other videos go on; then :class:`VideoFailures` is
-    raised.
+    output holds exactly the manifest's videos. Expected errors of one video
+    (:class:`~videomamba_depth.errors.InputError` and ``OSError``: bad input, bad store, disk full) are
+    reported and the other videos go on; then :class:`VideoFailures` is raised. Anything else is a bug and
+    stops the stage with its traceback.
     """
     tasks = list(tasks)
     code = code_fingerprint(code_module)
@@ -129,9 +130,9 @@ def run_videos(
         remove_foreign_outputs(root, {task.out for task in tasks})
     status: dict[str, str] = {}
     failures: dict[str, Exception] = {}
+    versions = {packages: package_versions(*packages) for packages in {task.packages for task in tasks}}
     for task in tasks:
-        versions = package_versions(*task.packages)
-        wanted = fingerprint(stage, code, versions, task.inputs)
+        wanted = fingerprint(stage, code, versions[task.packages], task.inputs)
         if task.out.exists() and stored_fingerprint(task.marker_path) == wanted:
             status[task.name] = "up to date"
             print(f"{stage}: {task.name}: up to date", flush=True)
@@ -156,8 +157,8 @@ def run_videos(
 def remove_foreign_outputs(root: Path, keep: set[Path]) -> list[Path]:
     """Remove entries of ``root`` written by us that no task will write; leave anything else, with a note.
 
-    Ours: a Zarr store (``zarr.json`` with a ``kind`` attribute), a folder holding only such stores and
-    files (the synth folders), or a leftover of an interrupted write (``*.partial-*``, ``*.replaced-*``).
+    Ours: a Zarr store (``zarr.json`` with a ``kind`` attribute), a folder with such a store inside (the
+    synth folders), or a leftover of an interrupted write (``*.partial-*``, ``*.replaced-*``).
     """
     if not root.is_dir():
         return []
