@@ -188,7 +188,7 @@ class ClipDataset(Dataset):
         teacher, flow = stores["teacher"], stores["flow"]
         rgb = stores["prepared"]["rgb"][frames]
         if item.gain != 1.0 or item.gamma != 1.0:
-            rgb = np.clip(255.0 * item.gain * (rgb / 255.0) ** item.gamma + 0.5, 0, 255).astype(np.uint8)
+            rgb = photometric(rgb, item.gain, item.gamma)
         sample = {
             "rgb": rgb.transpose(0, 3, 1, 2),
             "K": teacher["K_used"][frames].astype(np.float32),
@@ -203,6 +203,11 @@ class ClipDataset(Dataset):
             sample["K"] = flip_K(sample["K"], video.width)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
         return {**out, "video": torch.tensor(item.video), "start": torch.tensor(item.start)}
+
+
+def photometric(rgb: np.ndarray, gain: float, gamma: float) -> np.ndarray:
+    """uint8 RGB (any shape) -> ``255 * gain * (rgb / 255) ** gamma``, rounded and clipped to uint8."""
+    return np.clip(255.0 * gain * (rgb / 255.0) ** gamma + 0.5, 0, 255).astype(np.uint8)
 
 
 def flip_K(K: np.ndarray, width: int) -> np.ndarray:
