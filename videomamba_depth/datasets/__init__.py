@@ -15,7 +15,9 @@ from videomamba_depth.datasets.base import (
     RawSample,
     Record,
 )
+from videomamba_depth.datasets.da2k import DA2KDataset
 from videomamba_depth.datasets.filelist import FileListDataset, write_filelist, write_image_sample
+from videomamba_depth.datasets.ibims import IBims1Dataset
 from videomamba_depth.datasets.mixing import (
     ImageKey,
     MixedImageDataset,
@@ -23,9 +25,15 @@ from videomamba_depth.datasets.mixing import (
     augment,
     collate_images,
 )
+from videomamba_depth.datasets.nyu import NYUCSVDataset
+from videomamba_depth.datasets.sunrgbd import SUNRGBDDataset
 
 LOADERS: dict[str, type[ImageDepthDataset]] = {
     "filelist": FileListDataset,
+    "nyu_csv": NYUCSVDataset,
+    "sunrgbd": SUNRGBDDataset,
+    "ibims1": IBims1Dataset,
+    "da2k": DA2KDataset,
 }
 
 
@@ -35,23 +43,25 @@ def open_image_dataset(config: ImageDatasetConfig, *, long_edge: int, pad_multip
     Raises :class:`DatasetError` naming the file (and line) of a bad index entry or missing file, unless
     ``config.skip_bad`` (then such entries are skipped and counted in ``.skipped``).
     """
-    if config.format not in LOADERS:
-        raise DatasetError(f"{config.label}: format '{config.format}' has no loader (have {sorted(LOADERS)})")
     return LOADERS[config.format].open(config, long_edge=long_edge, pad_multiple=pad_multiple)
 
 
 __all__ = [
     "FORMATS",
     "LOADERS",
+    "DA2KDataset",
     "DatasetError",
     "FileListDataset",
+    "IBims1Dataset",
     "ImageDatasetConfig",
     "ImageDepthDataset",
     "ImageKey",
     "MixedImageDataset",
     "MixedImageSampler",
+    "NYUCSVDataset",
     "RawSample",
     "Record",
+    "SUNRGBDDataset",
     "augment",
     "collate_images",
     "open_image_dataset",

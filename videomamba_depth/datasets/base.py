@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from videomamba_depth.camera import IntrinsicsError, ResizePad, load_intrinsics
+from videomamba_depth.camera import IntrinsicsError, ResizePad, load_intrinsics, validate_K
 from videomamba_depth.config import StageConfig
 from videomamba_depth.errors import InputError, MissingDependencyError
 from videomamba_depth.prepare import resample_nearest, resize_pad
@@ -261,8 +261,13 @@ def read_rgb(path: Path, where: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_png(path: Path, where: str, dtypes: tuple[str, ...] = ("uint16",)) -> np.ndarray:
-    """A single-channel PNG -> ``(H, W)`` array of its stored integers, whose dtype must be in ``dtypes``."""
+def read_png(
+    path: Path, where: str, dtypes: tuple[str, ...] = ("uint16",), *, grey_rgb: bool = False,
+) -> np.ndarray:
+    """A single-channel PNG -> ``(H, W)`` array of its stored integers, whose dtype must be in ``dtypes``.
+
+    ``grey_rgb``: also accept a 3-channel PNG whose channels are equal (some releases store depth so).
+    """
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
@@ -270,6 +275,10 @@ def read_png(path: Path, where: str, dtypes: tuple[str, ...] = ("uint16",)) -> n
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise DatasetError(f"{where}: {path} is not a readable PNG")
+    if image.ndim == 3 and grey_rgb and image.shape[2] == 3:
+        if not (image == image[..., :1]).all():
+            raise DatasetError(f"{where}: depth {path} has 3 unequal channels; expected one value per pixel")
+        image = image[..., 0]
     if image.ndim != 2:
         raise DatasetError(f"{where}: depth {path} has {image.shape[2]} channels; expected one (grey PNG)")
     if image.dtype.name not in dtypes:
@@ -358,6 +367,33 @@ def collect(
             if len(messages) < MAX_SKIP_MESSAGES:
                 messages.append(str(exc))
     return records, skipped, messages
+
+
+def index_path(config: ImageDatasetConfig, suffix: str, hint: str) -> Path:
+    """The index file ``root/split``, or ``root/<split><suffix>`` when ``split`` names no existing file and
+    has no suffix (``split: train`` finds ``train.txt``). A :class:`DatasetError` with ``hint`` when neither
+    is a file."""
+    path = Path(config.root) / config.split
+    if not path.is_file() and not path.suffix and path.with_suffix(suffix).is_file():
+        path = path.with_suffix(suffix)
+    if not path.is_file():
+        raise DatasetError(f"{path}: {config.format} index not found ({hint})")
+    return path
+
+
+def read_K_text(path: Path, where: str) -> np.ndarray:
+    """A 3x3 K written as 9 whitespace-separated numbers, row-major (float64, checked)."""
+    text = read_text(path, "intrinsics")
+    try:
+        values = np.array([float(v) for v in text.split()], dtype=np.float64)
+    except ValueError as exc:
+        raise DatasetError(f"{where}: intrinsics {path} must hold numbers only ({exc})") from exc
+    if values.size != 9:
+        raise DatasetError(f"{where}: intrinsics {path} must hold 9 numbers (3x3), got {values.size}")
+    try:
+        return validate_K(values.reshape(3, 3), str(path))
+    except IntrinsicsError as exc:
+        raise DatasetError(f"{where}: {exc}") from exc
 
 
 def require_file(path: Path, where: str, what: str) -> Path:

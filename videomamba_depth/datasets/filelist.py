@@ -30,6 +30,7 @@ from videomamba_depth.datasets.base import (
     RawSample,
     Record,
     collect,
+    index_path,
     read_h5,
     read_K,
     read_npy,
@@ -47,7 +48,7 @@ class FileListDataset(ImageDepthDataset):
 
     @classmethod
     def open(cls, config: ImageDatasetConfig, *, long_edge: int, pad_multiple: int) -> FileListDataset:
-        list_path = Path(config.root) / config.split
+        list_path = index_path(config, ".txt", "split names the list file relative to root, e.g. train.txt")
         text = read_text(list_path, "file list")
         makers = [
             (lambda n=n, line=line: _parse_line(list_path, n, line))
