@@ -18,6 +18,7 @@ from bench.common import RESULTS
 BENCHMARKS = (
     "bench_synth",
     "bench_data",
+    "bench_image_datasets",
     "bench_teacher",
     "bench_flow",
     "bench_ssm",

@@ -4,6 +4,7 @@ error, the prepare geometry (K exact after resize/pad and flip), the mixture sam
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -24,7 +25,7 @@ from videomamba_depth.datasets import (
     write_filelist,
     write_image_sample,
 )
-from videomamba_depth.errors import InputError
+from videomamba_depth.errors import InputError, MissingDependencyError
 from videomamba_depth.prepare import resample_nearest, resize_pad
 from videomamba_depth.training.data import photometric
 
@@ -105,6 +106,16 @@ def test_filelist_h5_depth(tmp_path: Path) -> None:
     expected = resample_nearest(ramp_depth()[None] * 2, geometry)[0]
     np.testing.assert_array_equal(sample["depth"].numpy(), expected)
     with pytest.raises(DatasetError, match=r"val\.txt:1: .*c\.h5 has no dataset 'depth'"):
+        open_ds(tmp_path, format="filelist", split="val.txt")[0]
+
+
+def test_filelist_h5_without_h5py_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       ) -> None:
+    image = write_image_sample(tmp_path, "c", rng_image(2), ramp_depth())[0]
+    (tmp_path / "c.h5").write_bytes(b"")
+    write_filelist(tmp_path / "val.txt", [(image, "c.h5")])
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'videomamba-depth\[h5\]'"):
         open_ds(tmp_path, format="filelist", split="val.txt")[0]
 
 
@@ -562,3 +573,23 @@ def test_every_format_gives_the_sample_contract(tmp_path: Path) -> None:
         assert s["K"].shape == (3, 3) and s["K"].dtype == torch.float32 and s["has_K"].shape == ()
         assert s["pairs"].ndim == 2 and s["pairs"].shape[1] == 5 and s["pairs"].dtype == torch.float32
         assert (s["pairs"].shape[0] > 0) == (fmt == "da2k") and ds.name.startswith(fmt)
+
+
+def test_dataloader_over_a_mixture(tmp_path: Path) -> None:
+    """The sampler is a DataLoader batch sampler; keys reach MixedImageDataset; batches collate."""
+    from torch.utils.data import DataLoader
+
+    write_image_sample(tmp_path / "fl", "a", rng_image(0), ramp_depth())
+    write_filelist(tmp_path / "fl/train.txt", [("rgb/a.png", "depth/a.npy")])
+    datasets = [open_ds(tmp_path / "fl", format="filelist"),
+                open_ds(write_da2k(tmp_path / "da", DA2K), format="da2k", split="annotations")]
+    sampler = MixedImageSampler([len(d) for d in datasets], [1.0, 1.0], batch_size=4, seed=0, steps=3)
+    loader = DataLoader(MixedImageDataset(datasets, hflip=0.5, color_jitter=0.1, seed=0),
+                        batch_sampler=sampler, collate_fn=collate_images)
+    batches = list(loader)
+    assert len(batches) == 3
+    for batch, keys in zip(batches, sampler, strict=True):
+        assert batch["dataset"].tolist() == [k.dataset for k in keys]
+        assert batch["rgb"].shape[0] == 4 and batch["pairs_valid"].shape[0] == 4
+        has_pairs = batch["pairs_valid"].any(dim=1)
+        assert has_pairs.tolist() == [k.dataset == 1 for k in keys]
