@@ -172,6 +172,8 @@ class InferImageConfig(StageConfig):
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.hfov_deg is not None and not 0.0 < self.hfov_deg < 180.0:
+            raise ValueError(f"hfov_deg must be in (0, 180) degrees, got {self.hfov_deg:g}")
 
 
 @dataclass(frozen=True)
