@@ -146,6 +146,27 @@ def test_cli_writes_depth_png_and_ply(inputs, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_cli_default_field_of_view_warned_once_and_geometry_override(inputs, tmp_path, capsys, monkeypatch):
+    root, _, model, preprocessing = inputs
+    monkeypatch.setattr("videomamba_depth.inference.intrinsics.unidepth_available", lambda: False)
+    images = [write_rgb(tmp_path / f"{name}.png", texture(seed)) for name, seed in (("a", 9), ("b", 10))]
+    common = ["--checkpoint", root / "model.safetensors", "--device", "cpu", "--threads", "1"]
+    status, err = run_cli(capsys, *images, *common, "--out", tmp_path / "out")
+    assert status == 0, err
+    assert err.count(f"ASSUMING a {DEFAULT_HFOV_DEG:g} degree horizontal field of view") == 1
+    for image in images:
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "out" / f"{image.stem}.npy"),
+            infer_image(model, image, hfov_deg=DEFAULT_HFOV_DEG, preprocessing=preprocessing))
+    # --long-edge overrides the checkpoint's preprocessing, with infer's warning.
+    status, err = run_cli(capsys, images[0], *common, "--hfov", "60", "--long-edge", "42", "--out",
+                          tmp_path / "small")
+    assert status == 0 and "--long-edge 42 overrides the 70 model.safetensors was trained with" in err
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "small" / "a.npy"),
+        infer_image(model, images[0], hfov_deg=60.0, preprocessing={**preprocessing, "long_edge": 42}))
+
+
 def bad_case(case, root, tmp_path):
     """(images, extra flags, expected message) of one bad-input case; may prepare files in tmp_path."""
     good = write_rgb(tmp_path / "good.png", texture(7))

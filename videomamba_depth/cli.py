@@ -113,6 +113,10 @@ def _infer_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no K file: assume this horizontal field of view (default: UniDepthV2 estimate "
                              "when installed, else 60 degrees with a warning)")
     parser.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds")
+    parser.add_argument("--long-edge", type=int,
+                        help="override the model input long edge recorded in the checkpoint (warns)")
+    parser.add_argument("--pad-multiple", type=int,
+                        help="override the model input padding multiple recorded in the checkpoint (warns)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch threads (default: half the cores, at most 4)")
@@ -124,7 +128,8 @@ def _infer_image(args: argparse.Namespace) -> int:
     from videomamba_depth.inference.image import InferImageConfig, infer_images
 
     config = InferImageConfig.from_dict(
-        {"device": args.device, "threads": args.threads, "hfov_deg": args.hfov, "ply": args.ply},
+        {"long_edge": args.long_edge, "pad_multiple": args.pad_multiple, "device": args.device,
+         "threads": args.threads, "hfov_deg": args.hfov, "ply": args.ply},
         where="flags",
     )
     result = infer_images(args.images, args.checkpoint, args.out, config, intrinsics=args.intrinsics,

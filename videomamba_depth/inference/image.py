@@ -40,7 +40,6 @@ from videomamba_depth.devices import resolve_device
 from videomamba_depth.inference.infer import (
     DEFAULT_LONG_EDGE,
     DEFAULT_PAD_MULTIPLE,
-    InferConfig,
     InferError,
     default_threads,
     geometry_params,
@@ -161,8 +160,11 @@ def infer_image(
 class InferImageConfig(StageConfig):
     """Settings of ``infer-image`` (command-line flags): ``device`` (``auto`` | ``cpu`` | ``cuda``),
     ``threads`` (torch threads; None: :func:`.infer.default_threads`), ``hfov_deg`` (no intrinsics file:
-    assume this horizontal field of view), ``ply`` (also write point clouds), ``unidepth_weights``."""
+    assume this horizontal field of view), ``ply`` (also write point clouds), ``unidepth_weights``,
+    ``long_edge`` / ``pad_multiple`` (None: the checkpoint's; given: used with a warning, as in ``infer``)."""
 
+    long_edge: int | None = None
+    pad_multiple: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
     hfov_deg: float | None = None
@@ -170,8 +172,8 @@ class InferImageConfig(StageConfig):
     unidepth_weights: str = DEFAULT_UNIDEPTH_WEIGHTS
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if any(v is not None and v < 1 for v in (self.long_edge, self.pad_multiple, self.threads)):
+            raise ValueError("long_edge, pad_multiple and threads must be >= 1")
         if self.hfov_deg is not None and not 0.0 < self.hfov_deg < 180.0:
             raise ValueError(f"hfov_deg must be in (0, 180) degrees, got {self.hfov_deg:g}")
 
@@ -246,16 +248,20 @@ def infer_images(
     torch.set_num_threads(threads)
     try:
         model, info = load_checkpoint(checkpoint, device)
-        long_edge, pad_multiple = geometry_params(InferConfig(), info["preprocessing"], checkpoint)
+        long_edge, pad_multiple = geometry_params(config.long_edge, config.pad_multiple,
+                                                  info["preprocessing"], checkpoint)
         start = time.perf_counter()
         # Each output is entered here and renamed into place when the stack closes without an error, so an
         # error at any image removes every temporary file and replaces nothing.
+        hfov_deg = config.hfov_deg
         with ExitStack() as stack:
             for image in tqdm(images, desc="infer-image", unit="image", file=sys.stderr):
                 rgb = read_image(image)
                 frame = ImageFrame(image, (rgb.shape[1], rgb.shape[0]))
-                K = image_intrinsics(frame, rgb, intrinsics, hfov_deg=config.hfov_deg,
+                K = image_intrinsics(frame, rgb, intrinsics, hfov_deg=hfov_deg,
                                      unidepth_weights=config.unidepth_weights, device=str(device))
+                if K.info["source"] == "hfov":  # the default assumption is warned about once, not per image
+                    hfov_deg = K.info["hfov_deg"]
                 depth = predict_image(model, rgb, K.K, long_edge, pad_multiple)
                 for path in outputs[image]:
                     tmp = stack.enter_context(atomic_file(path))

@@ -259,22 +259,25 @@ class _Timer:
             self.seconds[stage] += time.perf_counter() - start
 
 
-def geometry_params(config: InferConfig, recorded: dict | None, checkpoint: Path) -> tuple[int, int]:
-    """(long_edge, pad_multiple): the checkpoint's, unless given; warns on a mismatch or on a guess."""
+def geometry_params(
+    long_edge: int | None, pad_multiple: int | None, recorded: dict | None, checkpoint: Path
+) -> tuple[int, int]:
+    """(long_edge, pad_multiple): the checkpoint's ``recorded`` values, unless given (the flags
+    ``--long-edge`` / ``--pad-multiple``); warns on a mismatch or on a guess."""
     if recorded is None:
-        if config.long_edge is None or config.pad_multiple is None:
+        if long_edge is None or pad_multiple is None:
             print(f"warning: {checkpoint} does not record its training preprocessing (saved by an older "
-                  f"version); assuming long_edge={config.long_edge or DEFAULT_LONG_EDGE}, pad_multiple="
-                  f"{config.pad_multiple or DEFAULT_PAD_MULTIPLE} (pass --long-edge/--pad-multiple)",
+                  f"version); assuming long_edge={long_edge or DEFAULT_LONG_EDGE}, pad_multiple="
+                  f"{pad_multiple or DEFAULT_PAD_MULTIPLE} (pass --long-edge/--pad-multiple)",
                   file=sys.stderr)
-        return config.long_edge or DEFAULT_LONG_EDGE, config.pad_multiple or DEFAULT_PAD_MULTIPLE
-    chosen = {"long_edge": config.long_edge, "pad_multiple": config.pad_multiple}
+        return long_edge or DEFAULT_LONG_EDGE, pad_multiple or DEFAULT_PAD_MULTIPLE
+    chosen = {"long_edge": long_edge, "pad_multiple": pad_multiple}
     for name, value in chosen.items():
         if value is not None and value != recorded[name]:
             flag = "--" + name.replace("_", "-")
             print(f"warning: {flag} {value} overrides the {recorded[name]} {checkpoint.name} was trained "
                   "with; depth will be less accurate", file=sys.stderr)
-    return (config.long_edge or recorded["long_edge"], config.pad_multiple or recorded["pad_multiple"])
+    return (long_edge or recorded["long_edge"], pad_multiple or recorded["pad_multiple"])
 
 
 def infer_video(
@@ -309,7 +312,8 @@ def infer_video(
     cv2.setNumThreads(1)
     try:
         model, checkpoint_info = load_checkpoint(checkpoint, device)
-        long_edge, pad_multiple = geometry_params(config, checkpoint_info["preprocessing"], checkpoint)
+        long_edge, pad_multiple = geometry_params(config.long_edge, config.pad_multiple,
+                                                  checkpoint_info["preprocessing"], checkpoint)
         return _run(video, model, checkpoint_info, out, config, long_edge, pad_multiple, device, threads,
                     intrinsics, preview)
     finally:
