@@ -178,6 +178,9 @@ def bad_case(case, root, tmp_path):
     if case == "bad_K":
         (tmp_path / "bad.json").write_text(json.dumps({"fx": -1.0, "fy": 1.0, "cx": 1.0, "cy": 1.0}))
         return [good], ["--intrinsics", tmp_path / "bad.json"], f"{tmp_path / 'bad.json'}: focal lengths"
+    if case == "per_frame_K":
+        np.save(tmp_path / "K3.npy", np.stack([make_K(70.0, 72.0, 44.0, 30.5)] * 3))
+        return [good], ["--intrinsics", tmp_path / "K3.npy"], f"{tmp_path / 'K3.npy'}: per-frame intrinsics"
     if case == "K_for_other_size":
         save_intrinsics_json(tmp_path / "other.json", make_K(70.0, 72.0, 44.0, 30.5), WIDTH * 2, HEIGHT * 2)
         return ([good], ["--intrinsics", tmp_path / "other.json"],
@@ -193,8 +196,8 @@ def bad_case(case, root, tmp_path):
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "bad_K", "K_for_other_size",
-                                  "duplicate_stems", "output_is_input", "bad_hfov"])
+@pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "bad_K", "per_frame_K",
+                                  "K_for_other_size", "duplicate_stems", "output_is_input", "bad_hfov"])
 def test_bad_input_is_one_line_and_writes_nothing(inputs, tmp_path, capsys, case):
     root = inputs[0]
     images, extra, expected = bad_case(case, root, tmp_path)

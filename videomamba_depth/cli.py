@@ -134,7 +134,8 @@ def _infer_image(args: argparse.Namespace) -> int:
     )
     result = infer_images(args.images, args.checkpoint, args.out, config, intrinsics=args.intrinsics,
                           force=args.force)
-    print(f"{len(result.outputs)} images at {result.images_per_s:.1f} images/s -> {args.out}",
+    count = len(result.outputs)
+    print(f"{count} image{'' if count == 1 else 's'} at {result.images_per_s:.1f} images/s -> {args.out}",
           file=sys.stderr)
     return 0
 

@@ -70,13 +70,17 @@ class ImageFrame:
 
 def read_image(path: str | Path) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB of an image file, converted as a folder of frames is (see the module doc)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InferError(f"{path}: image not found" if not path.exists() else f"{path}: not an image file")
+    path = _existing_file(Path(path))
     # FrameFolderSource's per-file reader uses no instance state; calling it keeps one image reader. (Moving
     # it to a module-level function would change the decode stage's code hash, i.e. dvc.lock.)
     rgb, _ = FrameFolderSource._read(None, path)
     return rgb
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise InferError(f"{path}: image not found" if not path.exists() else f"{path}: not a file")
+    return path
 
 
 def image_intrinsics(
@@ -232,15 +236,15 @@ def infer_images(
     if not images:
         raise InferError("no images given")
     for image in images:
-        if not image.is_file():
-            raise InferError(f"{image}: image not found" if not image.exists() else f"{image}: not a file")
+        _existing_file(image)
     if out_dir.exists() and not out_dir.is_dir():
         raise InferError(f"{out_dir}: --out must be a folder, and this is a file")
     outputs = output_paths(images, out_dir, config.ply)
     inputs = [*images, checkpoint] + ([Path(intrinsics)] if intrinsics is not None else [])
     check_image_outputs(outputs, inputs, force)
-    if intrinsics is not None:
-        load_intrinsics(intrinsics)  # a malformed file fails here; its size is checked per image
+    # A malformed K file fails here, before the model loads; its size is checked against each image.
+    if intrinsics is not None and len(load_intrinsics(intrinsics).reshape(-1, 3, 3)) != 1:
+        raise IntrinsicsError(f"{intrinsics}: per-frame intrinsics; an image needs one 3x3 K")
     device = resolve_device(config.device, "--device")
     created = not out_dir.exists()
     threads = config.threads or default_threads()
