@@ -101,6 +101,45 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMG", help="image files (.png, .jpg, ...)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a trained student, e.g. data/train/model_best.safetensors")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: <stem>.npy (float32 metres), <stem>.png (colour-mapped depth)")
+    parser.add_argument("--intrinsics", metavar="K",
+                        help=".json/.npy 3x3 K in pixels of the original images (checked against each size)")
+    parser.add_argument("--hfov", type=float, metavar="DEG",
+                        help="no K file: assume this horizontal field of view (default: UniDepthV2 estimate "
+                             "when installed, else 60 degrees with a warning)")
+    parser.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds")
+    parser.add_argument("--long-edge", type=int,
+                        help="override the model input long edge recorded in the checkpoint (warns)")
+    parser.add_argument("--pad-multiple", type=int,
+                        help="override the model input padding multiple recorded in the checkpoint (warns)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads (default: half the cores, at most 4)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing output files (never inputs, folders or links)")
+
+
+def _infer_image(args: argparse.Namespace) -> int:
+    from videomamba_depth.inference.image import InferImageConfig, infer_images
+
+    config = InferImageConfig.from_dict(
+        {"long_edge": args.long_edge, "pad_multiple": args.pad_multiple, "device": args.device,
+         "threads": args.threads, "hfov_deg": args.hfov, "ply": args.ply},
+        where="flags",
+    )
+    result = infer_images(args.images, args.checkpoint, args.out, config, intrinsics=args.intrinsics,
+                          force=args.force)
+    count = len(result.outputs)
+    print(f"{count} image{'' if count == 1 else 's'} at {result.images_per_s:.1f} images/s -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="a trained student, e.g. data/train/model_best.safetensors")
@@ -131,6 +170,8 @@ COMMANDS: dict[str, Command] = {
                        _inspect_arguments, _inspect),
     "infer": Command("streaming metric depth of a video with a trained student (Zarr, preview, PLY)",
                      _infer_arguments, _infer),
+    "infer-image": Command("metric depth of single images with a trained student (.npy, .png, .ply)",
+                           _infer_image_arguments, _infer_image),
     "export": Command("export the streaming step (states as explicit inputs/outputs) to ONNX",
                       _export_arguments, _export),
 }

@@ -39,14 +39,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from videomamba_depth.camera import IntrinsicsError, ResizePad, backproject
+from videomamba_depth.camera import IntrinsicsError, ResizePad
 from videomamba_depth.config import StageConfig
 from videomamba_depth.devices import resolve_device
 from videomamba_depth.errors import InputError
 from videomamba_depth.inference.anchoring import AnchoringConfig
-from videomamba_depth.inference.intrinsics import estimated, load_given
+from videomamba_depth.inference.intrinsics import DEFAULT_UNIDEPTH_WEIGHTS, estimated, load_given
 from videomamba_depth.inference.pipeline import Drain, prefetch
-from videomamba_depth.inference.ply import write_ply
+from videomamba_depth.inference.ply import write_depth_points
 from videomamba_depth.inference.predictor import StreamingDepth, load_checkpoint
 from videomamba_depth.prepare import resize_pad
 from videomamba_depth.provenance import file_sha256, provenance
@@ -128,7 +128,7 @@ class InferConfig(StageConfig):
     threads: int | None = None
     hfov_deg: float | None = None
     estimate_frames: int = 8
-    unidepth_weights: str = "lpiccinelli/unidepth-v2-vits14"
+    unidepth_weights: str = DEFAULT_UNIDEPTH_WEIGHTS
     points_every: int = 0
     preview_range: tuple[float, float] | None = None
     anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
@@ -233,7 +233,7 @@ def check_outputs(video: Path, out: Path, preview: Path | None, points: Path | N
 
 
 @contextmanager
-def _naming(path: Path, what: str) -> Iterator[None]:
+def naming_output(path: Path, what: str) -> Iterator[None]:
     """Re-raise an ``OSError`` while writing ``what`` (a full disk inside a codec, ...) as one naming the
     output ``path`` rather than a temporary file, or none; the errno is kept."""
     try:
@@ -259,22 +259,25 @@ class _Timer:
             self.seconds[stage] += time.perf_counter() - start
 
 
-def _geometry_params(config: InferConfig, recorded: dict | None, checkpoint: Path) -> tuple[int, int]:
-    """(long_edge, pad_multiple): the checkpoint's, unless given; warns on a mismatch or on a guess."""
+def geometry_params(
+    long_edge: int | None, pad_multiple: int | None, recorded: dict | None, checkpoint: Path
+) -> tuple[int, int]:
+    """(long_edge, pad_multiple): the checkpoint's ``recorded`` values, unless given (the flags
+    ``--long-edge`` / ``--pad-multiple``); warns on a mismatch or on a guess."""
     if recorded is None:
-        if config.long_edge is None or config.pad_multiple is None:
+        if long_edge is None or pad_multiple is None:
             print(f"warning: {checkpoint} does not record its training preprocessing (saved by an older "
-                  f"version); assuming long_edge={config.long_edge or DEFAULT_LONG_EDGE}, pad_multiple="
-                  f"{config.pad_multiple or DEFAULT_PAD_MULTIPLE} (pass --long-edge/--pad-multiple)",
+                  f"version); assuming long_edge={long_edge or DEFAULT_LONG_EDGE}, pad_multiple="
+                  f"{pad_multiple or DEFAULT_PAD_MULTIPLE} (pass --long-edge/--pad-multiple)",
                   file=sys.stderr)
-        return config.long_edge or DEFAULT_LONG_EDGE, config.pad_multiple or DEFAULT_PAD_MULTIPLE
-    chosen = {"long_edge": config.long_edge, "pad_multiple": config.pad_multiple}
+        return long_edge or DEFAULT_LONG_EDGE, pad_multiple or DEFAULT_PAD_MULTIPLE
+    chosen = {"long_edge": long_edge, "pad_multiple": pad_multiple}
     for name, value in chosen.items():
         if value is not None and value != recorded[name]:
             flag = "--" + name.replace("_", "-")
             print(f"warning: {flag} {value} overrides the {recorded[name]} {checkpoint.name} was trained "
                   "with; depth will be less accurate", file=sys.stderr)
-    return (config.long_edge or recorded["long_edge"], config.pad_multiple or recorded["pad_multiple"])
+    return (long_edge or recorded["long_edge"], pad_multiple or recorded["pad_multiple"])
 
 
 def infer_video(
@@ -309,7 +312,8 @@ def infer_video(
     cv2.setNumThreads(1)
     try:
         model, checkpoint_info = load_checkpoint(checkpoint, device)
-        long_edge, pad_multiple = _geometry_params(config, checkpoint_info["preprocessing"], checkpoint)
+        long_edge, pad_multiple = geometry_params(config.long_edge, config.pad_multiple,
+                                                  checkpoint_info["preprocessing"], checkpoint)
         return _run(video, model, checkpoint_info, out, config, long_edge, pad_multiple, device, threads,
                     intrinsics, preview)
     finally:
@@ -383,14 +387,14 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
             t, rgb, small, K_t = item
             with timer("upsample"):
                 depth = to_original(small, geometry)
-            with timer("write"), _naming(out, "the depth store"):
+            with timer("write"), naming_output(out, "the depth store"):
                 depth_writer.append(_float16(depth)[None])
                 K_writer.append(K_t[None])
             if points is not None and t % config.points_every == 0:
-                with timer("points"), _naming(points_dir(out), "the point clouds"):
-                    _write_points(points / f"frame_{t:06d}.ply", depth, rgb, K_t, t)
+                with timer("points"), naming_output(points_dir(out), "the point clouds"):
+                    write_depth_points(points / f"frame_{t:06d}.ply", depth, rgb, K_t, f"frame {t}")
             if mp4 is not None:
-                with timer("preview"), _naming(preview, "the preview"):
+                with timer("preview"), naming_output(preview, "the preview"):
                     if preview_range is None:
                         preview_range = robust_range(depth)
                     mp4.write(_preview_frame(depth, preview_range))
@@ -409,11 +413,11 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
                 small = predictor(prepared, geometry.apply_K(K_t), valid)
             drain.put((t, rgb if points is not None else None, small, K_t))
         drain.close()
-        with timer("write"), _naming(out, "the depth store"):  # the last, partial shard
+        with timer("write"), naming_output(out, "the depth store"):  # the last, partial shard
             depth_writer.close()
             K_writer.close()
         if mp4 is not None:
-            with timer("preview"), _naming(preview, "the preview"):
+            with timer("preview"), naming_output(preview, "the preview"):
                 mp4.close()
         num_frames = K_writer.length
         if num_frames == 0:
@@ -423,7 +427,7 @@ def _run(video: Path, model: torch.nn.Module, checkpoint_info: dict, out: Path, 
                 f"{K.info['file']}: {len(K.K)} per-frame intrinsics for a video of {num_frames} frames"
             )
         elapsed = time.perf_counter() - start
-        with _naming(out, "the depth store"):
+        with naming_output(out, "the depth store"):
             group.attrs.update({
                 "num_frames": num_frames,
                 "anchoring": config.anchoring.to_dict() if config.anchoring.enabled else None,
@@ -457,13 +461,6 @@ def _single_frames(batches: Iterator[np.ndarray], timer: _Timer) -> Iterator[np.
         if batch is None:
             return
         yield from batch
-
-
-def _write_points(path: Path, depth: np.ndarray, rgb: np.ndarray, K: np.ndarray, frame: int) -> None:
-    points = backproject(depth.astype(np.float64), K).reshape(-1, 3)
-    comment = (f"VideoMambaDepth frame {frame}; camera coordinates (OpenCV: x right, y down, z forward), "
-               "metres")
-    write_ply(path, points, rgb.reshape(-1, 3), comment)
 
 
 def _preview_frame(depth: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:

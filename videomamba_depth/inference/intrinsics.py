@@ -1,4 +1,5 @@
-"""Intrinsics for ``infer``: given in a file, or estimated once and then fixed for the whole video.
+"""Intrinsics for ``infer`` and ``infer-image``: given in a file, or estimated once and then fixed for the
+whole video (an image is a one-frame video here).
 
 Order of precedence (recorded in the output's ``intrinsics.source``):
 
@@ -19,18 +20,28 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from videomamba_depth.camera import IntrinsicsError, load_intrinsics, make_K, validate_K
 from videomamba_depth.decode import check_K_matches_video
 from videomamba_depth.provenance import file_sha256
-from videomamba_depth.video.reader import VideoSource
 
 # Horizontal field of view assumed when nothing better is known: a typical phone main camera in video mode
 # (about 60-70 degrees); the synthetic set spans 45-90.
 DEFAULT_HFOV_DEG = 60.0
+# UniDepthV2 weights that estimate K when none is given (hub name; a local folder works too).
+DEFAULT_UNIDEPTH_WEIGHTS = "lpiccinelli/unidepth-v2-vits14"
+
+
+class Frames(Protocol):
+    """What the intrinsics come with: a video (``video.reader.VideoSource``) or one image
+    (``inference.image.ImageFrame``): its path, ``(W, H)`` size and frame count (None: unknown)."""
+
+    path: Path
+    size: tuple[int, int]
+    num_frames: int | None
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,8 @@ def estimate_K_unidepth(frames: np.ndarray, weights: str, device: str) -> np.nda
     return validate_K(np.median(K_pred, axis=0), "UniDepthV2 intrinsics estimate")
 
 
-def load_given(path: str | Path, source: VideoSource) -> Intrinsics:
-    """Intrinsics from a file, checked against the video's size and frame count."""
+def load_given(path: str | Path, source: Frames) -> Intrinsics:
+    """Intrinsics from a file, checked against the video's (or image's) size and frame count."""
     K = load_intrinsics(path)
     check_K_matches_video(K, str(path), source)
     info = {"source": "given", "file": Path(path).name, "sha256": file_sha256(path)}
@@ -91,7 +102,7 @@ def load_given(path: str | Path, source: VideoSource) -> Intrinsics:
 
 
 def estimated(
-    source: VideoSource,
+    source: Frames,
     first_frames: np.ndarray,
     *,
     hfov_deg: float | None,

@@ -1,10 +1,12 @@
-"""A minimal binary PLY writer for coloured point clouds (what ``infer --points-every`` writes)."""
+"""A minimal binary PLY writer for coloured point clouds (``infer --points-every``, ``infer-image --ply``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from videomamba_depth.camera import backproject
 
 # One vertex: position in metres (camera frame) and 8-bit colour. Little-endian, no padding: 15 bytes.
 VERTEX_DTYPE = np.dtype(
@@ -38,3 +40,14 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray, comment:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         vertices.tofile(f)
     return path
+
+
+def write_depth_points(
+    path: str | Path, depth: np.ndarray, rgb: np.ndarray, K: np.ndarray, label: str
+) -> Path:
+    """One point per pixel of a depth map ``(H, W)`` (z, metres), coloured by ``rgb`` ``(H, W, 3)`` uint8,
+    back-projected with ``K`` ``(3, 3)`` (pixels) into camera coordinates; ``label`` (e.g. ``frame 12``)
+    starts the header comment."""
+    points = backproject(depth.astype(np.float64), K).reshape(-1, 3)
+    comment = f"VideoMambaDepth {label}; camera coordinates (OpenCV: x right, y down, z forward), metres"
+    return write_ply(path, points, rgb.reshape(-1, 3), comment)
