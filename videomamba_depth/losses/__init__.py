@@ -4,6 +4,7 @@ from videomamba_depth.losses.distill import TERMS, DistillationLoss, LossConfig
 from videomamba_depth.losses.spatial import (
     metric_log_l1,
     multiscale_gradient_loss,
+    pair_ranking_loss,
     scale_shift_lstsq,
     silog_loss,
     ssi_loss,
@@ -16,6 +17,7 @@ __all__ = [
     "LossConfig",
     "metric_log_l1",
     "multiscale_gradient_loss",
+    "pair_ranking_loss",
     "scale_shift_lstsq",
     "silog_loss",
     "ssi_loss",

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from videomamba_depth.losses.common import (
     EMPTY_DENOMINATOR,
+    MIN_DEPTH,
     fp32_island,
     masked_log,
     masked_mean,
@@ -188,3 +189,29 @@ def multiscale_gradient_loss(pred: Tensor, teacher: Tensor, valid: Tensor, *, sc
             per_scale.append(((gx * mx).sum() + (gy * my).sum()) / pairs.clamp_min(1.0))
             used.append((pairs > 0).float())
         return masked_mean(torch.stack(per_scale), torch.stack(used))
+
+
+def pair_ranking_loss(pred: Tensor, pairs: Tensor, pairs_valid: Tensor) -> Tensor:
+    """Logistic ranking loss on annotated relative-depth point pairs (DA2K-style annotations).
+
+    For a pair with ``closer = +1`` (point 1 is the closer one) the loss is ``log(1 + exp(z1 - z2))`` with
+    ``z = log pred`` at the two points (nearest pixel), small when ``z1 < z2``; ``closer = -1`` swaps the
+    roles. This is the ranking loss of Chen et al., "Single-Image Depth Perception in the Wild" (NeurIPS
+    2016), on log depth, so it is invariant to a global scale of ``pred``.
+
+    Args:
+        pred: ``(F, H, W)`` predicted depth, metres, > 0.
+        pairs: ``(F, P, 5)`` ``(u1, v1, u2, v2, closer)`` in pixels of ``pred`` (centres at integers).
+        pairs_valid: ``(F, P)`` bool, the real pairs (batches pad with zeros).
+
+    Returns:
+        0-dim fp32 tensor, the mean over valid pairs; 0 when there are none.
+    """
+    with fp32_island(pred.device):
+        frames, height, width = pred.shape
+        log_depth = pred.float().clamp_min(MIN_DEPTH).log().reshape(frames, -1)
+        u = pairs[..., [0, 2]].round().long().clamp(0, width - 1)  # (F, P, 2)
+        v = pairs[..., [1, 3]].round().long().clamp(0, height - 1)
+        z = log_depth.gather(1, (v * width + u).reshape(frames, -1)).reshape(u.shape)
+        loss = torch.nn.functional.softplus(pairs[..., 4].float() * (z[..., 0] - z[..., 1]))
+        return masked_mean(loss, pairs_valid.float())

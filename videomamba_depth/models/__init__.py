@@ -5,7 +5,9 @@ Public API:
 - ``ModelConfig`` (params ``train.model.*``), ``build_student(cfg)`` -> ``VideoMambaDepth``.
 - ``VideoMambaDepth``: ``init_states(batch, H, W)``, ``forward(rgb (B, N, 3, H, W), K (B, N, 3, 3), states)``
   -> ``StudentOutput(depth (B, N, H, W), states, summaries)``, ``step(rgb (B, 3, H, W), K (B, 3, 3), states)``
-  -> ``(depth (B, H, W), states)``, ``parameter_groups(lr, encoder_lr_factor, weight_decay)``, ``backends``.
+  -> ``(depth (B, H, W), states)``, ``forward_frames(rgb (F, 3, H, W), K (F, 3, 3))`` -> depth ``(F, H, W)``
+  (temporal blocks bypassed), ``temporal_identity_violations()``,
+  ``parameter_groups(lr, encoder_lr_factor, weight_decay)``, ``backends``.
 - ``StudentStates``: immutable per-scale SSM states with ``detach``, ``clone``, ``to``, ``reset``, ``nbytes``.
 - Encoders: ``ENCODERS`` (``cnn``, ``timm``), ``require_timm``.
 - ``load_external_checkpoint(module, path, prefix_map, strict)`` -> ``CheckpointReport``.

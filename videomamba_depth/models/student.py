@@ -22,6 +22,7 @@ depth head's last conv, so it predicts ``init_depth * f / f_c`` everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -197,24 +198,7 @@ class VideoMambaDepth(nn.Module):
         self.rays = nn.ModuleDict(
             {name: RayFiLM(c, config.ray_hidden) for name, c in encoder.channels.items()}
         )
-        self.temporal = nn.ModuleDict(
-            {
-                name: TemporalFeatureMixer(
-                    TemporalMambaScale(
-                        encoder.channels[name],
-                        num_blocks=num_blocks,
-                        ffn_mult=config.ffn_mult,
-                        d_state=config.d_state,
-                        d_conv=config.d_conv,
-                        expand=config.expand,
-                        headdim=config.headdim,
-                        chunk_size=config.ssm_chunk_size,
-                        backend=config.ssm_backend,
-                    )
-                )
-                for name, num_blocks in zip(config.temporal_scales, config.temporal_blocks, strict=True)
-            }
-        )
+        self.temporal = _temporal_mixers(config, encoder.channels)
         self.decoder = DepthDecoder(
             encoder.channels, config.decoder_widths, config.head_width, math.log(config.init_depth)
         )
@@ -304,6 +288,39 @@ class VideoMambaDepth(nn.Module):
             features[name], new_states[name] = mixer.step(features[name], carried[name])
         return self._depth(features, K, height, width), self._pack(new_states, batch, height, width)
 
+    def forward_frames(self, rgb: Tensor, K: Tensor) -> Tensor:
+        """Depth of independent images with the temporal blocks bypassed (image pre-training, single images).
+
+        Args:
+            rgb: ``(F, 3, H, W)`` uint8 (0-255) or float in [0, 1]; any H, W.
+            K: ``(F, 3, 3)`` intrinsics in pixels of these images.
+
+        Returns:
+            ``(F, H, W)`` metric z-depth in metres, fp32. Equal to :meth:`forward` on one-frame clips as long
+            as the temporal mixers are the identity (a fresh model, or one whose temporal blocks were never
+            trained: :meth:`temporal_identity_violations`); the temporal parameters get no gradient here.
+        """
+        if rgb.ndim != 4 or rgb.shape[1] != 3 or tuple(K.shape) != (rgb.shape[0], 3, 3):
+            raise ValueError(
+                f"expected rgb (F, 3, H, W) and K (F, 3, 3), got {tuple(rgb.shape)} and {tuple(K.shape)}"
+            )
+        height, width = rgb.shape[-2:]
+        return self._depth(self._frame_features(rgb, K), K, height, width)
+
+    def temporal_identity_violations(self) -> list[str]:
+        """Temporal parameters that a fresh model zero-initialises (the last projection of every residual
+        branch, which makes a fresh mixer exactly the identity) but that are non-zero here; [] when every
+        temporal mixer is still the identity."""
+        # A throw-away fresh copy tells which parameters start at zero; built on the CPU with the torch
+        # scan (any backend has the same parameters) and without touching the caller's RNG stream.
+        with torch.random.fork_rng(devices=[]):
+            config = dataclasses.replace(self.config, ssm_backend="torch")
+            fresh = _temporal_mixers(config, self.encoder.channels)
+        zero = {name for name, p in fresh.named_parameters() if not p.any()}
+        return [
+            f"temporal.{name}" for name, p in self.temporal.named_parameters() if name in zero and p.any()
+        ]
+
     def parameter_groups(self, lr: float, encoder_lr_factor: float, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups (``torch.optim.AdamW(model.parameter_groups(...))``).
 
@@ -382,6 +399,28 @@ class VideoMambaDepth(nn.Module):
             sizes=tuple(sizes[name] for name in states),
             scales=tuple(states.values()),
         )
+
+
+def _temporal_mixers(config: ModelConfig, channels: dict[str, int]) -> nn.ModuleDict:
+    """Fresh temporal mixers (exactly the identity), one per ``config.temporal_scales``."""
+    return nn.ModuleDict(
+        {
+            name: TemporalFeatureMixer(
+                TemporalMambaScale(
+                    channels[name],
+                    num_blocks=num_blocks,
+                    ffn_mult=config.ffn_mult,
+                    d_state=config.d_state,
+                    d_conv=config.d_conv,
+                    expand=config.expand,
+                    headdim=config.headdim,
+                    chunk_size=config.ssm_chunk_size,
+                    backend=config.ssm_backend,
+                )
+            )
+            for name, num_blocks in zip(config.temporal_scales, config.temporal_blocks, strict=True)
+        }
+    )
 
 
 def build_student(cfg: ModelConfig, *, pretrained: bool = True) -> VideoMambaDepth:

@@ -89,8 +89,12 @@ class Renderer:
         # Sub-pixel sample offsets (du, dv), (s*s, 2), row-major.
         self.subpixel = np.stack(np.meshgrid(offsets, offsets, indexing="xy"), axis=-1).reshape(-1, 2)
 
-    def frame(self, index: int) -> Frame:
-        """Render frame ``index`` (time ``index / fps``) with its ground truth."""
+    def frame(self, index: int, flow: bool = True) -> Frame:
+        """Render frame ``index`` (time ``index / fps``) with its ground truth.
+
+        ``flow=False`` skips the forward flow (``flow_fwd`` None): the single-image path, which needs no
+        next frame. Everything else is computed exactly as for a video frame.
+        """
         scene = self.scene
         W, H, time = scene.width, scene.height, index / scene.fps
         poses = scene.poses(time)
@@ -98,9 +102,9 @@ class Renderer:
         depth, body = cast(scene.bodies, poses, pose, self.rays_px32)
         colour, face, normal = self._shade(poses, pose, self.rays_px32, depth, body, 1.0)
         rgb = self._rgb(poses, pose, colour, face, body)
-        flow = valid = None
-        if index + 1 < scene.num_frames:
-            flow, valid = self._flow(index, poses, pose, depth, body, normal)
+        flow_fwd = valid = None
+        if flow and index + 1 < scene.num_frames:
+            flow_fwd, valid = self._flow(index, poses, pose, depth, body, normal)
         return Frame(
             index=index,
             rgb=rgb,
@@ -109,7 +113,7 @@ class Renderer:
             K=scene.K.copy(),
             motion_mask=scene.moving[body].reshape(H, W),
             body=body.reshape(H, W),
-            flow_fwd=flow,
+            flow_fwd=flow_fwd,
             flow_fwd_valid=valid,
         )
 

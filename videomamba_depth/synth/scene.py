@@ -67,6 +67,10 @@ TOUCH_TOL_M = 1e-3
 GAP_M = 0.05
 
 
+class SceneLayoutError(RuntimeError):
+    """The scene of a seed cannot be laid out with the config's ranges (no moving object fits its room)."""
+
+
 @dataclass(frozen=True)
 class SynthConfig(StageConfig):
     """Parameters of the synthetic videos (``synth`` section of params.yaml).
@@ -447,7 +451,7 @@ def sample_scene(config: SynthConfig, seed: int) -> Scene:
                 layout.moving.append(body)
                 break
     if not layout.moving:
-        raise RuntimeError(f"seed {seed}: no moving object fits this room; widen synth.room_size_m or "
+        raise SceneLayoutError(f"seed {seed}: no moving object fits this room; widen synth.room_size_m or "
                            "shrink synth.moving_view_size / moving_distance_m")
 
     furniture_mats = [mats.pick(["planks", "fabric", "plaster", "checker"], (0, 1), (0.15, 0.7), (0.4, 0.85))

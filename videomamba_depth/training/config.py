@@ -45,6 +45,9 @@ class TrainConfig(StageConfig):
         log_every, val_every, image_every, checkpoint_every: in steps (0 disables images / periodic
             checkpoints; validation also runs after the last step).
         resume: continue from ``data/train/state`` when it holds a run with the same config.
+    Initialisation:
+        init_from: ``pretrain``: start from the ``pretrain`` stage's ``data/pretrain/model_best.safetensors``
+            (same architecture, temporal blocks still the identity); null: a fresh student.
     """
 
     videos: tuple[str, ...]
@@ -73,6 +76,7 @@ class TrainConfig(StageConfig):
     image_every: int = 200
     checkpoint_every: int = 100
     resume: bool = True
+    init_from: Literal["pretrain"] | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 

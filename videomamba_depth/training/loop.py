@@ -8,7 +8,8 @@ Outputs (``out_dir``, default ``data/train``):
 - ``state/state.pt``: resumable state, and ``state/best.safetensors``: the best weights so far (DVC keeps
   both between runs: ``persist: true``). A state is resumed only by a run with the same params, process
   count and library code: the files this module can import
-  (:func:`videomamba_depth.codehash.code_fingerprint`).
+  (:func:`videomamba_depth.codehash.code_fingerprint`) and, with ``init_from: pretrain``, the same
+  pre-trained weights.
 - ``dvclive/``: metrics.json (summary), plots/metrics/*.tsv (curves), plots/images/*.png.
 """
 
@@ -24,6 +25,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,8 +35,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from videomamba_depth.codehash import code_fingerprint
+from videomamba_depth.errors import InputError
 from videomamba_depth.losses import DistillationLoss
-from videomamba_depth.models import VideoMambaDepth, build_student, save_student
+from videomamba_depth.models import VideoMambaDepth, build_student, load_student, save_student
+from videomamba_depth.provenance import file_sha256
 from videomamba_depth.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from videomamba_depth.training.config import TrainConfig
 from videomamba_depth.training.data import (
@@ -51,6 +55,14 @@ from videomamba_depth.viz import colorize, robust_range
 from videomamba_depth.zarrio import atomic_file
 
 OUT_DIR = Path("data/train")
+# The weights ``train.init_from: pretrain`` starts from (the pretrain stage's best model).
+PRETRAINED_MODEL = Path("data/pretrain/model_best.safetensors")
+# Config fields that may differ between a pre-trained student and the one it initialises: they change how
+# the model runs or what a fresh one holds, not what its weights mean.
+INIT_FREE_KEYS = (
+    "ssm_backend", "ssm_chunk_size", "timm_pretrained", "timm_pretrained_file", "encoder_checkpoint",
+    "encoder_prefix_map", "freeze_encoder", "init_depth",
+)
 BEST_METRIC = "val/log_l1"
 # The best weights so far, next to the resumable state (both persist between DVC runs).
 BEST_FILE = "best.safetensors"
@@ -67,7 +79,15 @@ class TrainResult:
     last_validation: dict[str, float]
 
 
-def learning_rate_factor(step: int, config: TrainConfig) -> float:
+class Schedule(Protocol):
+    """What :func:`learning_rate_factor` reads from a stage config (``train``, ``pretrain``)."""
+
+    steps: int
+    warmup_steps: int
+    min_lr_ratio: float
+
+
+def learning_rate_factor(step: int, config: Schedule) -> float:
     """Multiplier of the base learning rates at ``step``: linear warm-up, then cosine to ``min_lr_ratio``."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -126,30 +146,107 @@ def _without_empty_groups(summary: dict) -> dict:
     return {k: v for k, v in groups.items() if v != {}}
 
 
-def train(config: TrainConfig, out_dir: Path = OUT_DIR) -> TrainResult:
-    """Train the student on ``config.videos``; see the module docstring for what is written."""
+def open_live(directory: Path, step: int) -> Any:
+    """A DVCLive logger writing to ``directory``: fresh at step 0, else continuing the files of a resumed run
+    at ``step`` (later rows forgotten first: :func:`rewind_dvclive`)."""
+    from dvclive import Live
+
+    if step > 0:
+        rewind_dvclive(directory, step)
+    # DVCLive only writes files here; dvc.yaml declares them (it must not rewrite dvc.yaml itself).
+    live = Live(dir=str(directory), resume=step > 0, save_dvc_exp=False, dvcyaml=False)
+    live.step = step
+    return live
+
+
+def gather_rng_states(context: Distributed) -> list[dict[str, Any]]:
+    """Every rank's RNG states (:func:`rng_state`, on the CPU), in rank order; a collective call under DDP."""
+    rng = rng_state(context.device)
+    ranks = [rng]
+    if context.world_size > 1:
+        ranks = [None] * context.world_size
+        torch.distributed.all_gather_object(ranks, rng)
+    return [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in r.items()} for r in ranks]
+
+
+def check_replicas_in_sync(model: nn.Module, context: Distributed) -> None:
+    """Under DDP every rank must end with the same weights; a mismatch means a broken set-up."""
+    if context.world_size == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(context.world_size)]
+    torch.distributed.all_gather(gathered, checksum.to(context.device))
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums {[float(g) for g in gathered]}")
+    if context.is_main:
+        print(f"DDP: {context.world_size} replicas hold identical weights", file=sys.stderr)
+
+
+def init_from_pretrained(model: VideoMambaDepth, path: Path) -> str:
+    """Load the pre-trained student ``path`` into ``model`` (strict: same architecture); returns the file's
+    sha256 (part of the run identity, so new pre-trained weights never resume an old state).
+
+    The pre-training stage never trains the temporal blocks (it bypasses them), so they must still be the
+    identity (:meth:`VideoMambaDepth.temporal_identity_violations`): video training then starts from exactly
+    the per-frame model that was pre-trained. Anything else is an :class:`InputError` naming the file.
+    """
+    if not path.is_file():
+        raise InputError(
+            f"{path}: train.init_from is 'pretrain' but the pre-trained model does not exist; run the "
+            "pretrain stage first (dvc repro pretrain) or set train.init_from: null"
+        )
+    pretrained = load_student(path)
+    ours, theirs = model.config.to_dict(), pretrained.config.to_dict()
+    differ = sorted(k for k in ours if k not in INIT_FREE_KEYS and ours[k] != theirs.get(k))
+    if differ:
+        raise InputError(
+            f"{path}: pre-trained with another architecture than train.model ({', '.join(differ)} differ); "
+            "re-run the pretrain stage"
+        )
+    violations = pretrained.temporal_identity_violations()
+    if violations:
+        raise InputError(
+            f"{path}: its temporal blocks are not the identity ({len(violations)} zero-initialised tensors "
+            f"are not zero, e.g. {violations[0]}): not a per-frame pre-trained model"
+        )
+    model.load_state_dict(pretrained.state_dict(), strict=True)
+    return file_sha256(path)
+
+
+def train(
+    config: TrainConfig, out_dir: Path = OUT_DIR, pretrained: Path = PRETRAINED_MODEL
+) -> TrainResult:
+    """Train the student on ``config.videos``; see the module docstring for what is written. ``pretrained``:
+    the weights ``config.init_from == "pretrain"`` starts from."""
     context = setup(config.device)
     try:
-        return _Trainer(config, Path(out_dir), context).run()
+        return _Trainer(config, Path(out_dir), context, Path(pretrained)).run()
     finally:
         teardown(context)
 
 
-def _cpu_threads(world_size: int) -> int:
+def cpu_threads(world_size: int) -> int:
+    """Torch threads per process when none are set: the cores available, shared between the processes."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // world_size)
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, out_dir: Path, context: Distributed) -> None:
+    def __init__(
+        self, config: TrainConfig, out_dir: Path, context: Distributed, pretrained: Path = PRETRAINED_MODEL
+    ) -> None:
         self.config, self.out_dir, self.ctx = config, out_dir, context
-        torch.set_num_threads(config.threads or _cpu_threads(context.world_size))
+        torch.set_num_threads(config.threads or cpu_threads(context.world_size))
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(config.seed)
         self.videos = find_videos(config.videos, config.val_frames)
         self.preprocessing = prepared_preprocessing(self.videos)  # saved with every model file
         self.dataset = ClipDataset(self.videos)
-        self.model: VideoMambaDepth = build_student(config.model).to(context.device)
+        self.model: VideoMambaDepth = build_student(config.model)
+        init_weights = None
+        if config.init_from == "pretrain":
+            init_weights = init_from_pretrained(self.model, pretrained)
+        self.model.to(context.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
         )
@@ -172,7 +269,10 @@ class _Trainer:
         # sets the global batch and each rank's share) and the library code (DVC re-runs this stage after a
         # code change; resuming a finished state then would return the old weights).
         self.run_identity = {
-            **config.run_identity(), "world_size": context.world_size, "code": code_fingerprint(__name__)
+            **config.run_identity(),
+            "world_size": context.world_size,
+            "code": code_fingerprint(__name__),
+            "init_weights": init_weights,
         }
 
     # ------------------------------------------------------------------------------------------------ run
@@ -378,17 +478,7 @@ class _Trainer:
 
     # --------------------------------------------------------------------------------- state and outputs
     def _live(self) -> object:
-        if not self.ctx.is_main:
-            return None
-        from dvclive import Live
-
-        directory = self.out_dir / "dvclive"
-        if self.step > 0:
-            rewind_dvclive(directory, self.step)
-        # DVCLive only writes files here; dvc.yaml declares them (it must not rewrite dvc.yaml itself).
-        live = Live(dir=str(directory), resume=self.step > 0, save_dvc_exp=False, dvcyaml=False)
-        live.step = self.step
-        return live
+        return open_live(self.out_dir / "dvclive", self.step) if self.ctx.is_main else None
 
     def _maybe_resume(self) -> dict | None:
         """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
@@ -415,11 +505,7 @@ class _Trainer:
 
     def _save_state(self) -> None:
         """Rank 0 writes the resumable state, with every rank's RNG states (a collective call under DDP)."""
-        rng = rng_state(self.ctx.device)
-        ranks = [rng]
-        if self.ctx.world_size > 1:
-            ranks = [None] * self.ctx.world_size
-            torch.distributed.all_gather_object(ranks, rng)
+        ranks = gather_rng_states(self.ctx)
         if not self.ctx.is_main:
             return
         save_state(
@@ -434,21 +520,12 @@ class _Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in r.items()} for r in ranks],
+                "rng": ranks,
             },
         )
 
     def _check_replicas_in_sync(self) -> None:
-        """Under DDP every rank must end with the same weights; a mismatch means a broken set-up."""
-        if self.ctx.world_size == 1:
-            return
-        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
-        gathered = [torch.zeros_like(checksum) for _ in range(self.ctx.world_size)]
-        torch.distributed.all_gather(gathered, checksum.to(self.ctx.device))
-        if any(not torch.equal(g, gathered[0]) for g in gathered):
-            raise RuntimeError(f"DDP replicas diverged: parameter checksums {[float(g) for g in gathered]}")
-        if self.ctx.is_main:
-            print(f"DDP: {self.ctx.world_size} replicas hold identical weights", file=sys.stderr)
+        check_replicas_in_sync(self.model, self.ctx)
 
     @property
     def _best_in_state(self) -> Path:

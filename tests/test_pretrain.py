@@ -1,0 +1,240 @@
+"""Image pre-training: the synthetic image set, the per-frame path, the pretrain loop and train.init_from."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_fixtures import TINY_MODEL, tiny_model_config, write_training_video
+
+from videomamba_depth.camera import make_K
+from videomamba_depth.config import ConfigError
+from videomamba_depth.datasets import (
+    ImageDatasetConfig,
+    open_image_dataset,
+    write_filelist,
+    write_image_sample,
+)
+from videomamba_depth.errors import InputError
+from videomamba_depth.inference.intrinsics import DEFAULT_HFOV_DEG, K_from_hfov
+from videomamba_depth.losses import pair_ranking_loss
+from videomamba_depth.models import ModelConfig, build_student, load_student, save_student
+from videomamba_depth.models.io import load_preprocessing
+from videomamba_depth.pretraining import PretrainConfig, pretrain
+from videomamba_depth.pretraining.loop import with_default_K
+from videomamba_depth.synth.images import SynthImagesConfig, write_synth_images
+from videomamba_depth.synth.render import Renderer
+from videomamba_depth.synth.scene import SynthConfig, sample_scene
+from videomamba_depth.training import TrainConfig, train
+from videomamba_depth.training import checkpoint as checkpoint_module
+from videomamba_depth.training.loop import init_from_pretrained
+
+PREPROCESSING = {"long_edge": 56, "pad_multiple": 14}
+TINY_SYNTH = {"width": 32, "height": 24, "supersample": 1, "videos": {"held_out": 7}}
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# --- synthetic image set ------------------------------------------------------------------------------------
+
+
+def test_image_set_is_deterministic_parallel_identical_and_readable(tmp_path):
+    synth = SynthConfig.from_dict(TINY_SYNTH)
+    config = SynthImagesConfig(count=5, val_count=2, seed_start=1000, processes=1)
+    one = write_synth_images(config, synth, tmp_path / "one")
+    again = tree_digest(one)
+    write_synth_images(config, synth, one)  # a re-run replaces the folder with the same bytes
+    two = write_synth_images(SynthImagesConfig(count=5, val_count=2, seed_start=1000, processes=2), synth,
+                             tmp_path / "two")
+    assert tree_digest(one) == again == tree_digest(two)
+    assert len((one / "train.txt").read_text().splitlines()) == 5
+    assert (one / "val.txt").read_text().split()[0] == "rgb/0001005.png"  # val seeds follow the train seeds
+    # The file list loads, and the image is the first frame of the scene of its seed (the video path's).
+    dataset = open_image_dataset(
+        ImageDatasetConfig(format="filelist", root=str(one), split="train.txt"), long_edge=32, pad_multiple=2
+    )
+    sample = dataset[0]
+    frame = Renderer(sample_scene(synth, 1000)).frame(0)
+    assert frame.flow_fwd is not None  # the video path still renders flow
+    assert np.array_equal(sample["rgb"].permute(1, 2, 0).numpy(), frame.rgb)
+    assert np.array_equal(sample["depth"].numpy(), frame.depth)
+    assert np.allclose(sample["K"].numpy(), frame.K) and bool(sample["has_K"])
+
+
+def test_image_seeds_must_avoid_video_seeds(tmp_path):
+    synth = SynthConfig.from_dict({**TINY_SYNTH, "videos": {"scene_x": 1003}})
+    with pytest.raises(ConfigError, match=r"scene_x.*seed_start past 1003"):
+        write_synth_images(SynthImagesConfig(count=5, val_count=2, seed_start=1000), synth, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    # Just past the video seeds (and the validation range too) is fine.
+    write_synth_images(SynthImagesConfig(count=1, val_count=1, seed_start=1004, processes=1), synth,
+                       tmp_path / "s")
+
+
+# --- per-image fixture ---------------------------------------------------------------------------------
+
+
+def write_image_set(root: Path, count: int, seed: int) -> None:
+    """``root/{train,val}.txt``: textured 40x30 images of tilted planes 1-4 m; every third without K."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:30, 0:40]
+    rows = {"train.txt": [], "val.txt": []}
+    for i in range(count):
+        depth = (rng.uniform(1.0, 3.0) + rng.uniform(-0.02, 0.02) * u + 0.01 * v).astype(np.float32)
+        rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+        K = make_K(35.0, 35.0, 19.5, 14.5) if i % 3 else None
+        split = "val.txt" if i >= count - 2 else "train.txt"
+        rows[split].append(write_image_sample(root, f"{i:03d}", rgb, depth, K))
+    for name, listed in rows.items():
+        write_filelist(root / name, listed)
+
+
+def pretrain_config(root: Path, **overrides) -> PretrainConfig:
+    return PretrainConfig.from_dict(
+        {
+            "datasets": [{"format": "filelist", "root": str(root), "split": "train.txt"}],
+            "val_datasets": [{"format": "filelist", "root": str(root), "split": "val.txt"}],
+            "steps": 6,
+            "batch_size": 3,
+            "warmup_steps": 2,
+            "val_every": 3,
+            "image_every": 3,
+            "checkpoint_every": 2,
+            "log_every": 2,
+            "device": "cpu",
+            "threads": 1,
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def images(tmp_path):
+    write_image_set(tmp_path / "images", count=10, seed=0)
+    return tmp_path / "images"
+
+
+def test_default_K_fills_only_samples_without_intrinsics():
+    K = torch.stack([torch.eye(3) * 2, torch.eye(3) * 3])
+    filled = with_default_K(K, torch.tensor([True, False]), 30, 40)
+    assert torch.equal(filled[0], K[0])
+    assert np.allclose(filled[1].numpy(), K_from_hfov(40, 30, DEFAULT_HFOV_DEG))
+
+
+def test_ranking_loss_prefers_the_annotated_order_and_ignores_scale():
+    depth = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1, 2, 2)
+    right = torch.tensor([[[0.0, 0.0, 1.0, 1.0, 1.0]]])  # point 1 (1 m) is the closer one: true
+    wrong = torch.tensor([[[0.0, 0.0, 1.0, 1.0, -1.0]]])
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    assert pair_ranking_loss(depth, right, valid) < pair_ranking_loss(depth, wrong, valid)
+    assert torch.isclose(pair_ranking_loss(depth * 7, right, valid), pair_ranking_loss(depth, right, valid))
+    assert pair_ranking_loss(depth, wrong, ~valid) == 0
+
+
+def test_pretrain_writes_models_metrics_and_images_and_keeps_temporal_blocks_identity(images, tmp_path):
+    out = tmp_path / "pretrain"
+    result = pretrain(pretrain_config(images), tiny_model_config(), PREPROCESSING, out)
+    assert result.steps == 6 and np.isfinite(result.best_metric)
+    summary = json.loads((out / "dvclive" / "metrics.json").read_text())
+    assert set(summary["val"]) == {"abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "delta1", "delta2",
+                                   "delta3"}
+    assert summary["val"]["abs_rel"] >= result.best_metric
+    assert {"total", "metric_l1", "ssi", "grad", "lr"} <= set(summary["train"])
+    images_dir = out / "dvclive" / "plots" / "images" / "rgb_target_prediction"
+    assert sorted(p.name for p in images_dir.iterdir()) == ["000003.png", "000006.png"]
+    best = load_student(out / "model_best.safetensors")
+    assert load_preprocessing(out / "model_best.safetensors")["long_edge"] == PREPROCESSING["long_edge"]
+    assert json.loads((out / "config.json").read_text())["preprocessing"] == PREPROCESSING
+    # Trained where it runs, untouched where it is bypassed: temporal weights are the fresh init's.
+    torch.manual_seed(0)
+    fresh = build_student(tiny_model_config()).state_dict()
+    latest = load_file(out / "model_latest.safetensors")
+    temporal = [k for k in fresh if k.startswith("temporal.")]
+    assert temporal and all(torch.equal(latest[k], fresh[k]) for k in temporal)
+    assert any(not torch.equal(latest[k], fresh[k]) for k in fresh if k.startswith("decoder."))
+    assert best.temporal_identity_violations() == []
+
+
+def test_pretrain_resumes_to_the_uninterrupted_weights(images, tmp_path, monkeypatch):
+    config = pretrain_config(images, color_jitter=0.3, hflip=0.5)
+    uninterrupted = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "full").latest)
+    real_save = checkpoint_module.save_state
+
+    def save_then_crash(directory, state):
+        real_save(directory, state)
+        if state["step"] == 2:
+            raise KeyboardInterrupt("killed right after the step-2 checkpoint")
+
+    monkeypatch.setattr("videomamba_depth.pretraining.loop.save_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "model_best.safetensors").exists()
+    monkeypatch.setattr("videomamba_depth.pretraining.loop.save_state", real_save)
+    resumed = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed").latest)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    curve = tmp_path / "resumed" / "dvclive" / "plots" / "metrics" / "train" / "total.tsv"
+    assert list(np.loadtxt(curve, skiprows=1, usecols=0)) == [2, 4, 6]
+
+
+def test_config_rejects_unknown_keys_and_empty_mixtures(images):
+    with pytest.raises(ConfigError, match="unknown key"):
+        pretrain_config(images, stepz=3)
+    with pytest.raises(ConfigError, match="at least one"):
+        pretrain_config(images, datasets=[])
+
+
+# --- train.init_from -----------------------------------------------------------------------------------
+
+
+def test_init_from_loads_pretrained_weights_strictly(tmp_path):
+    torch.manual_seed(1)
+    pretrained = build_student(tiny_model_config())
+    with torch.no_grad():
+        pretrained.decoder.head_out.weight.normal_()  # trained-looking, temporal blocks left alone
+    save_student(tmp_path / "p.safetensors", pretrained, PREPROCESSING)
+    torch.manual_seed(2)
+    model = build_student(tiny_model_config())
+    digest = init_from_pretrained(model, tmp_path / "p.safetensors")
+    assert len(digest) == 64
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 pretrained.state_dict().values(), strict=True))
+
+    other = build_student(ModelConfig.from_dict({**TINY_MODEL, "head_width": 8}))
+    save_student(tmp_path / "other.safetensors", other)
+    with pytest.raises(InputError, match=r"another architecture.*head_width"):
+        init_from_pretrained(model, tmp_path / "other.safetensors")
+
+    with torch.no_grad():
+        pretrained.temporal["s16"].premix.conv.weight.fill_(0.1)  # temporal blocks no longer the identity
+    save_student(tmp_path / "temporal.safetensors", pretrained)
+    with pytest.raises(InputError, match=r"not the identity.*premix"):
+        init_from_pretrained(model, tmp_path / "temporal.safetensors")
+
+
+def test_train_starts_from_the_pretrained_model_or_says_it_is_missing(tmp_path, monkeypatch):
+    write_training_video(tmp_path, "a", frames=8, seed=0)
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig.from_dict({
+        "videos": ["a"], "val_frames": 2, "clip_len": 4, "clip_stride": 2, "batch_size": 1, "chunk_size": 2,
+        "steps": 1, "warmup_steps": 0, "device": "cpu", "threads": 1, "model": TINY_MODEL,
+        "init_from": "pretrain", "image_every": 0,
+    })
+    with pytest.raises(InputError, match=r"missing\.safetensors.*does not exist.*pretrain"):
+        train(config, out_dir=tmp_path / "train", pretrained=tmp_path / "missing.safetensors")
+    torch.manual_seed(5)
+    pretrained = build_student(tiny_model_config())
+    save_student(tmp_path / "p.safetensors", pretrained, PREPROCESSING)
+    # lr ~ 0: after one step the weights are still the pre-trained ones (a fresh init would differ).
+    config = TrainConfig.from_dict({**config.to_dict(), "lr": 1e-12, "warmup_steps": 0})
+    final = load_file(train(config, out_dir=tmp_path / "train", pretrained=tmp_path / "p.safetensors").final)
+    for name, value in pretrained.state_dict().items():
+        assert torch.allclose(final[name], value, atol=1e-6), name

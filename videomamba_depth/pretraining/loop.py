@@ -1,0 +1,424 @@
+"""The pre-training loop: the student's per-frame path on image datasets, against ground-truth depth.
+
+The student is ``train.model`` run with :meth:`VideoMambaDepth.forward_frames`: encoder, camera
+conditioning, decoder and head; the temporal blocks are bypassed and frozen (no gradient, not in the
+optimizer), so they stay exactly the identity they were initialised as and ``train.init_from: pretrain``
+starts video training from this per-frame model. Samples without intrinsics get :func:`default_K`.
+
+Outputs (``out_dir``, default ``data/pretrain``):
+
+- ``model_latest.safetensors``: weights at the last saved step; ``model_best.safetensors``: weights at the
+  validation with the lowest AbsRel (vs ground truth, over the validation images); both store the model
+  config and the preprocessing (``prepare``'s ``long_edge`` / ``pad_multiple``).
+- ``config.json``: the resolved pretrain config, model config and preprocessing.
+- ``state/state.pt`` (resumable, the ``train`` stage's format: ``training.checkpoint``) and
+  ``state/best.safetensors``. A state is resumed only by a run with the same params, model, preprocessing,
+  process count, library code and data files (paths, sizes, modification times).
+- ``dvclive/``: ``train/*`` losses, ``val/*`` metrics (AbsRel, SqRel, RMSE, RMSE-log, SILog, δ1-3) and
+  ``plots/images/rgb_target_prediction/<step>.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from videomamba_depth.codehash import code_fingerprint
+from videomamba_depth.datasets import (
+    ImageDepthDataset,
+    MixedImageDataset,
+    MixedImageSampler,
+    collate_images,
+    open_image_dataset,
+)
+from videomamba_depth.inference.intrinsics import DEFAULT_HFOV_DEG, K_from_hfov
+from videomamba_depth.losses import (
+    metric_log_l1,
+    multiscale_gradient_loss,
+    pair_ranking_loss,
+    silog_loss,
+    ssi_loss,
+)
+from videomamba_depth.metrics.depth import frame_metrics
+from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student, save_student
+from videomamba_depth.pretraining.config import PretrainConfig
+from videomamba_depth.training.checkpoint import load_state, save_state, set_rng_state
+from videomamba_depth.training.distributed import Distributed, setup, teardown
+from videomamba_depth.training.loop import (
+    check_replicas_in_sync,
+    cpu_threads,
+    gather_rng_states,
+    learning_rate_factor,
+    open_live,
+)
+from videomamba_depth.viz import colorize, robust_range
+from videomamba_depth.zarrio import atomic_file
+
+OUT_DIR = Path("data/pretrain")
+LATEST_FILE, BEST_MODEL_FILE = "model_latest.safetensors", "model_best.safetensors"
+# The best weights so far, next to the resumable state (both persist between DVC runs).
+BEST_FILE = "best.safetensors"
+BEST_METRIC = "val/abs_rel"
+# Validation metrics logged (``metrics.depth.frame_metrics`` names), as val/<name>.
+VAL_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "delta1", "delta2", "delta3")
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """Where the run left its weights, and its last and best validation metrics."""
+
+    latest: Path
+    best: Path
+    steps: int
+    best_metric: float
+    last_validation: dict[str, float]
+
+
+def default_K(height: int, width: int) -> np.ndarray:
+    """K assumed for an image without intrinsics: horizontal field of view ``DEFAULT_HFOV_DEG`` (60°, the
+    ``infer`` default) over the ``width x height`` (padded) image, principal point at its centre.
+
+    Metric depth scales with the focal length, so such samples teach the model depth at that assumed focal;
+    datasets with intrinsics (every sample of the synthetic set) are unaffected.
+    """
+    return K_from_hfov(width, height, DEFAULT_HFOV_DEG)
+
+
+def with_default_K(K: Tensor, has_K: Tensor, height: int, width: int) -> Tensor:
+    """``K`` ``(B, 3, 3)`` with :func:`default_K` where ``has_K`` ``(B,)`` is False."""
+    fallback = torch.as_tensor(default_K(height, width), dtype=K.dtype, device=K.device)
+    return torch.where(has_K[:, None, None], K, fallback)
+
+
+def data_fingerprint(datasets: Sequence[ImageDepthDataset]) -> str:
+    """sha256 over every listed file's path, size and modification time (and each index file's): a state is
+    resumed only on the same data. Cheap (no file is read), so a re-rendered set counts as new data."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        digest.update(json.dumps(dataset.config.to_dict(), sort_keys=True).encode())
+        index = Path(dataset.config.root) / dataset.config.split
+        paths = [index] if index.is_file() else []
+        for record in dataset.records:
+            paths += [p for p in (record.image, record.depth, record.intrinsics) if p is not None]
+        for path in paths:
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
+def pretrain(
+    config: PretrainConfig,
+    model_config: ModelConfig,
+    preprocessing: Mapping[str, int],
+    out_dir: Path = OUT_DIR,
+) -> PretrainResult:
+    """Pre-train ``model_config``'s per-frame path on ``config.datasets`` at ``preprocessing`` (``long_edge``,
+    ``pad_multiple``); see the module docstring for what is written."""
+    context = setup(config.device)
+    try:
+        return _Pretrainer(config, model_config, dict(preprocessing), Path(out_dir), context).run()
+    finally:
+        teardown(context)
+
+
+class _PerFrame(nn.Module):
+    """``forward`` = the student's :meth:`~VideoMambaDepth.forward_frames`, so DDP (which hooks ``forward``)
+    synchronises its gradients."""
+
+    def __init__(self, model: VideoMambaDepth) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: Tensor, K: Tensor) -> Tensor:
+        return self.model.forward_frames(rgb, K)
+
+
+class _Pretrainer:
+    def __init__(
+        self,
+        config: PretrainConfig,
+        model_config: ModelConfig,
+        preprocessing: dict[str, int],
+        out_dir: Path,
+        context: Distributed,
+    ) -> None:
+        self.config, self.out_dir, self.ctx = config, out_dir, context
+        self.preprocessing = preprocessing
+        torch.set_num_threads(config.threads or cpu_threads(context.world_size))
+        self.train_sets = [open_image_dataset(d, **preprocessing) for d in config.datasets]
+        self.val_sets = [open_image_dataset(d, **preprocessing) for d in config.val_datasets]
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
+        torch.manual_seed(config.seed)
+        self.model: VideoMambaDepth = build_student(model_config).to(context.device)
+        # Bypassed by forward_frames: frozen, so they stay the identity and are no parameter of the optimizer
+        # (AdamW's weight decay would otherwise still move them).
+        self.model.temporal.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: learning_rate_factor(step, config)
+        )
+        # Kept (disabled) so the state has the train stage's schema.
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
+        use_bf16 = config.precision == "bf16" or (
+            config.precision == "auto" and context.device.type == "cuda"
+        )
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.step, self.best_metric = 0, math.inf
+        self.running: dict[str, list[float]] = defaultdict(list)
+        self.run_identity = {
+            **config.run_identity(),
+            "model": model_config.to_dict(),
+            "preprocessing": preprocessing,
+            "world_size": context.world_size,
+            "code": code_fingerprint(__name__),
+            "data": data_fingerprint(self.train_sets + self.val_sets),
+        }
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self) -> PretrainResult:
+        cfg, ctx = self.config, self.ctx
+        rng = self._maybe_resume()
+        if rng is None:
+            torch.manual_seed(cfg.seed + ctx.rank)
+            np.random.seed(cfg.seed + ctx.rank)  # noqa: NPY002 (legacy global generator, for libraries)
+            random.seed(cfg.seed + ctx.rank)
+        else:
+            set_rng_state(rng, ctx.device)
+        net: nn.Module = _PerFrame(self.model)
+        if ctx.world_size > 1:
+            net = DistributedDataParallel(
+                net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
+        sampler = MixedImageSampler(
+            [len(d) for d in self.train_sets],
+            [d.config.weight for d in self.train_sets],
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            steps=cfg.steps,
+            start=self.step,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        loader = DataLoader(
+            MixedImageDataset(self.train_sets, hflip=cfg.hflip, color_jitter=cfg.color_jitter, seed=cfg.seed),
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_images,
+            multiprocessing_context="fork" if cfg.num_workers and sys.platform != "win32" else None,
+            # Its own generator: the global RNG streams continue across a resume as in an uninterrupted run.
+            generator=torch.Generator().manual_seed(cfg.seed + ctx.rank),
+        )
+        live = open_live(self.out_dir / "dvclive", self.step) if ctx.is_main else None
+        last_validation: dict[str, float] = {}
+        progress = tqdm(
+            total=cfg.steps, initial=self.step, desc="pretrain", unit="step", disable=not ctx.is_main,
+            file=sys.stderr,
+        )
+        for batch in loader:
+            terms = self._train_step(net, batch)
+            self.step += 1
+            for name, value in terms.items():
+                self.running[name].append(value)
+            progress.update(1)
+            progress.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[-1]:.2e}")
+            last = self.step == cfg.steps
+            if ctx.is_main and (self.step % cfg.log_every == 0 or last):
+                live.step = self.step
+                for name, values in self.running.items():
+                    live.log_metric(f"train/{name}", float(np.mean(values)))
+                live.log_metric("train/lr", self.scheduler.get_last_lr()[-1])
+                self.running.clear()
+            if ctx.is_main and (self.step % cfg.val_every == 0 or last):
+                last_validation = self._validate(live)
+            if ctx.is_main and cfg.image_every and (self.step % cfg.image_every == 0 or last):
+                self._log_images(live)
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
+                self._save_state()
+        progress.close()
+        check_replicas_in_sync(self.model, ctx)
+        if ctx.is_main:
+            self._write_outputs(live)
+        ctx.barrier()
+        return PretrainResult(
+            self.out_dir / LATEST_FILE, self.out_dir / BEST_MODEL_FILE, self.step, self.best_metric,
+            last_validation,
+        )
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``rgb`` ``(B, 3, H, W)`` and ``K`` ``(B, 3, 3)`` on the device, :func:`default_K` filled in."""
+        rgb = batch["rgb"].to(self.ctx.device, non_blocking=True)
+        K = with_default_K(batch["K"], batch["has_K"], *rgb.shape[-2:])
+        return rgb, K.to(self.ctx.device)
+
+    def _train_step(self, net: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One optimizer step on a batch of images; returns the loss terms (and ``total``, ``grad_norm``)."""
+        rgb, K = self._inputs(batch)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            depth = net(rgb, K)
+        total, terms = self._loss(depth, {k: v.to(self.ctx.device) for k, v in batch.items()})
+        total.backward()
+        if self.config.grad_clip > 0:
+            terms["grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        return terms
+
+    def _loss(self, depth: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Weighted sum of the enabled terms for ``depth`` ``(B, H, W)`` against the batch's ground truth."""
+        cfg = self.config.loss
+        # The spatial terms take videos (B, N, H, W): every image is a one-frame clip.
+        pred, gt, valid = depth[:, None], batch["depth"][:, None], batch["valid"][:, None]
+        compute = {
+            "metric_l1": lambda: metric_log_l1(pred, gt, valid),
+            "ssi": lambda: ssi_loss(pred, gt, valid, trim=cfg.ssi_trim),
+            "grad": lambda: multiscale_gradient_loss(pred, gt, valid, scales=cfg.grad_scales),
+            "silog": lambda: silog_loss(pred, gt, valid, lam=cfg.silog_lambda),
+            "ranking": lambda: pair_ranking_loss(depth, batch["pairs"], batch["pairs_valid"]),
+        }
+        values = {name: compute[name]() for name in cfg.weights()}
+        total = sum(weight * values[name] for name, weight in cfg.weights().items())
+        logged = {name: float(v.detach()) for name, v in values.items()}
+        return total, {"total": float(total.detach()), **logged}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------------------------------ validation
+    @torch.inference_mode()
+    def _predict(self, batch: dict[str, Tensor]) -> Tensor:
+        self.model.eval()
+        with self._autocast():
+            return self.model.forward_frames(*self._inputs(batch)).float().cpu()
+
+    def _val_batches(self) -> Any:
+        size = self.config.batch_size
+        for dataset in self.val_sets:
+            for start in range(0, len(dataset), size):
+                yield collate_images([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+
+    def _validate(self, live: Any) -> dict[str, float]:
+        """Metrics of every validation image vs its ground truth (valid pixels), averaged over images."""
+        per_image: dict[str, list[np.ndarray]] = defaultdict(list)
+        for batch in self._val_batches():
+            depth = self._predict(batch)
+            gt = batch["depth"].numpy()
+            mask = batch["valid"].numpy() & (gt > 0)
+            for name, values in frame_metrics(depth.numpy(), gt, mask).items():
+                per_image[name].append(values)
+        metrics = {}
+        for name in VAL_METRICS:
+            values = np.concatenate(per_image[name]) if per_image else np.zeros(0)
+            if np.isfinite(values).any():  # images without metric depth (relative-only sets) are NaN
+                metrics[f"val/{name}"] = float(np.nanmean(values))
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+        if metrics.get(BEST_METRIC, math.inf) < self.best_metric:
+            self.best_metric = metrics[BEST_METRIC]
+            save_student(self._best_in_state, self.model, self.preprocessing)
+        live.make_summary()
+        return metrics
+
+    def _log_images(self, live: Any) -> None:
+        """rgb | target | prediction of the first validation image (else the first training image)."""
+        dataset = (self.val_sets or self.train_sets)[0]
+        batch = collate_images([dataset[0]])
+        depth = self._predict(batch)[0].numpy()
+        target, valid = batch["depth"][0].numpy(), batch["valid"][0].numpy()
+        vmin, vmax = robust_range(target, valid) if valid.any() else robust_range(depth, np.ones_like(valid))
+        strip = np.concatenate(
+            [
+                batch["rgb"][0].permute(1, 2, 0).numpy(),
+                colorize(target, vmin, vmax, valid=valid),
+                colorize(depth, vmin, vmax),
+            ],
+            axis=1,
+        )
+        live.log_image(f"rgb_target_prediction/{self.step:06d}.png", strip)
+
+    # --------------------------------------------------------------------------------- state and outputs
+    @property
+    def _best_in_state(self) -> Path:
+        return self.out_dir / "state" / BEST_FILE
+
+    def _maybe_resume(self) -> dict | None:
+        """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
+        if not self.config.resume:
+            state, message = None, "pretrain.resume is false: starting fresh"
+        else:
+            state, message = load_state(self.out_dir / "state", self.run_identity, self.model.state_dict())
+        if self.ctx.is_main:
+            print(message, file=sys.stderr)
+        if state is None:
+            if self.ctx.is_main:  # best weights of another run must not become this run's model_best
+                self._best_in_state.unlink(missing_ok=True)
+            return None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
+        self.running.update({name: list(values) for name, values in state["running"].items()})
+        return state["rng"][self.ctx.rank]
+
+    def _save_state(self) -> None:
+        """Rank 0 writes the resumable state and ``model_latest`` (a collective call under DDP)."""
+        ranks = gather_rng_states(self.ctx)
+        if not self.ctx.is_main:
+            return
+        save_state(
+            self.out_dir / "state",
+            {
+                "step": self.step,
+                "best_metric": self.best_metric,
+                "running": {name: list(values) for name, values in self.running.items()},
+                "run_identity": self.run_identity,
+                "config": self.config.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": ranks,
+            },
+        )
+        save_student(self.out_dir / LATEST_FILE, self.model, self.preprocessing)
+
+    def _write_outputs(self, live: Any) -> None:
+        if math.isinf(self.best_metric):  # never validated on metric depth: best = latest
+            save_student(self.out_dir / BEST_MODEL_FILE, self.model, self.preprocessing)
+        else:
+            with atomic_file(self.out_dir / BEST_MODEL_FILE) as tmp:
+                shutil.copyfile(self._best_in_state, tmp)
+        resolved = {
+            "pretrain": self.config.to_dict(),
+            "model": self.model.config.to_dict(),
+            "preprocessing": self.preprocessing,
+        }
+        with atomic_file(self.out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+        live.end()
