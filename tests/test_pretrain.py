@@ -150,6 +150,10 @@ def test_pretrain_writes_models_metrics_and_images_and_keeps_temporal_blocks_ide
     assert {"total", "metric_l1", "ssi", "grad", "lr"} <= set(summary["train"])
     images_dir = out / "dvclive" / "plots" / "images" / "rgb_target_prediction"
     assert sorted(p.name for p in images_dir.iterdir()) == ["000003.png", "000006.png"]
+    # 8 training images at 3 a step: an epoch is 3 steps, so 6 steps leave two epoch checkpoints.
+    assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch_001.safetensors", "epoch_002.safetensors"]
+    assert torch.equal(load_file(out / "epochs" / "epoch_002.safetensors")["decoder.head_out.weight"],
+                       load_file(out / "model_latest.safetensors")["decoder.head_out.weight"])
     best = load_student(out / "model_best.safetensors")
     assert load_preprocessing(out / "model_best.safetensors")["long_edge"] == PREPROCESSING["long_edge"]
     assert json.loads((out / "config.json").read_text())["preprocessing"] == PREPROCESSING

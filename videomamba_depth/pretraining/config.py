@@ -57,8 +57,7 @@ class PretrainLossConfig(StageConfig):
 
 
 def _synth_images(split: str) -> tuple[ImageDatasetConfig, ...]:
-    name = f"synth_images/{split}"
-    return (ImageDatasetConfig(format="filelist", root=SYNTH_IMAGES, split=split, name=name),)
+    return (ImageDatasetConfig(format="filelist", root=SYNTH_IMAGES, split=split),)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ starts video training from this per-frame model. Samples without intrinsics get 
 Outputs (``out_dir``, default ``data/pretrain``):
 
 - ``model_latest.safetensors``: weights at the last saved step; ``model_best.safetensors``: weights at the
-  validation with the lowest AbsRel (vs ground truth, over the validation images); both store the model
-  config and the preprocessing (``prepare``'s ``long_edge`` / ``pad_multiple``).
+  validation with the lowest AbsRel (vs ground truth, over the validation images);
+  ``epochs/epoch_<e>.safetensors``: weights after every epoch (:func:`steps_per_epoch` steps: the training
+  images once, in expectation). All store the model config and the preprocessing (``prepare``'s
+  ``long_edge`` / ``pad_multiple``).
 - ``config.json``: the resolved pretrain config, model config and preprocessing.
 - ``state/state.pt`` (resumable, the ``train`` stage's format: ``training.checkpoint``) and
   ``state/best.safetensors``. A state is resumed only by a run with the same params, model, preprocessing,
@@ -73,6 +75,7 @@ from videomamba_depth.zarrio import atomic_file
 
 OUT_DIR = Path("data/pretrain")
 LATEST_FILE, BEST_MODEL_FILE = "model_latest.safetensors", "model_best.safetensors"
+EPOCHS_DIR = "epochs"
 # The best weights so far, next to the resumable state (both persist between DVC runs).
 BEST_FILE = "best.safetensors"
 BEST_METRIC = "val/abs_rel"
@@ -105,6 +108,12 @@ def with_default_K(K: Tensor, has_K: Tensor, height: int, width: int) -> Tensor:
     """``K`` ``(B, 3, 3)`` with :func:`default_K` where ``has_K`` ``(B,)`` is False."""
     fallback = torch.as_tensor(default_K(height, width), dtype=K.dtype, device=K.device)
     return torch.where(has_K[:, None, None], K, fallback)
+
+
+def steps_per_epoch(sizes: Sequence[int], batch_size: int, world_size: int) -> int:
+    """Steps of one epoch: every training image once (in expectation, as the mixture draws by weight), at
+    ``batch_size`` images per step on each of ``world_size`` processes; at least 1."""
+    return max(1, math.ceil(sum(sizes) / (batch_size * world_size)))
 
 
 def data_fingerprint(datasets: Sequence[ImageDepthDataset]) -> str:
@@ -183,6 +192,9 @@ class _Pretrainer:
         )
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step, self.best_metric = 0, math.inf
+        self.epoch_steps = steps_per_epoch(
+            [len(d) for d in self.train_sets], config.batch_size, context.world_size
+        )
         self.running: dict[str, list[float]] = defaultdict(list)
         self.run_identity = {
             **config.run_identity(),
@@ -251,6 +263,8 @@ class _Pretrainer:
                 last_validation = self._validate(live)
             if ctx.is_main and cfg.image_every and (self.step % cfg.image_every == 0 or last):
                 self._log_images(live)
+            if ctx.is_main and self.step % self.epoch_steps == 0:
+                save_student(self._epoch_file(self.step // self.epoch_steps), self.model, self.preprocessing)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                 self._save_state()
         progress.close()
@@ -366,6 +380,9 @@ class _Pretrainer:
     def _best_in_state(self) -> Path:
         return self.out_dir / "state" / BEST_FILE
 
+    def _epoch_file(self, epoch: int) -> Path:
+        return self.out_dir / EPOCHS_DIR / f"epoch_{epoch:03d}.safetensors"
+
     def _maybe_resume(self) -> dict | None:
         """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
         if not self.config.resume:
@@ -375,8 +392,10 @@ class _Pretrainer:
         if self.ctx.is_main:
             print(message, file=sys.stderr)
         if state is None:
-            if self.ctx.is_main:  # best weights of another run must not become this run's model_best
+            if self.ctx.is_main:  # another run's best and epoch weights must not pass for this run's
                 self._best_in_state.unlink(missing_ok=True)
+                for stale in (self.out_dir / EPOCHS_DIR).glob("epoch_*.safetensors"):
+                    stale.unlink()
             return None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
