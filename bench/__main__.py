@@ -23,6 +23,7 @@ BENCHMARKS = (
     "bench_flow",
     "bench_ssm",
     "bench_model",
+    "bench_pretrain",
     "bench_train",
     "bench_stream",
     "bench_infer",

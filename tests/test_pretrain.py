@@ -151,7 +151,8 @@ def test_pretrain_writes_models_metrics_and_images_and_keeps_temporal_blocks_ide
     images_dir = out / "dvclive" / "plots" / "images" / "rgb_target_prediction"
     assert sorted(p.name for p in images_dir.iterdir()) == ["000003.png", "000006.png"]
     # 8 training images at 3 a step: an epoch is 3 steps, so 6 steps leave two epoch checkpoints.
-    assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch_001.safetensors", "epoch_002.safetensors"]
+    epochs = sorted(p.name for p in (out / "epochs").iterdir())
+    assert epochs == ["epoch_001.safetensors", "epoch_002.safetensors"]
     assert torch.equal(load_file(out / "epochs" / "epoch_002.safetensors")["decoder.head_out.weight"],
                        load_file(out / "model_latest.safetensors")["decoder.head_out.weight"])
     best = load_student(out / "model_best.safetensors")
@@ -242,3 +243,28 @@ def test_train_starts_from_the_pretrained_model_or_says_it_is_missing(tmp_path, 
     final = load_file(train(config, out_dir=tmp_path / "train", pretrained=tmp_path / "p.safetensors").final)
     for name, value in pretrained.state_dict().items():
         assert torch.allclose(final[name], value, atol=1e-6), name
+
+
+def test_pretrain_freeze_encoder_is_its_own_not_train_models(images, tmp_path):
+    """train.model.freeze_encoder is about video training: pre-training trains the encoder unless
+    pretrain.freeze_encoder says otherwise."""
+    torch.manual_seed(0)
+    fresh = build_student(tiny_model_config()).state_dict()
+    frozen_for_video = ModelConfig.from_dict({**TINY_MODEL, "freeze_encoder": True})
+    result = pretrain(pretrain_config(images), frozen_for_video, PREPROCESSING, tmp_path / "a")
+    trained = load_file(result.latest)
+    backbone = [k for k in fresh if k.startswith("encoder.backbone.") and fresh[k].is_floating_point()]
+    assert backbone and any(not torch.equal(trained[k], fresh[k]) for k in backbone)
+    frozen = load_file(
+        pretrain(pretrain_config(images, freeze_encoder=True), tiny_model_config(), PREPROCESSING,
+                 tmp_path / "b").latest
+    )
+    weights = [k for k in backbone if "running" not in k and "num_batches" not in k]
+    assert weights and all(torch.equal(frozen[k], fresh[k]) for k in weights)
+
+
+def test_frozen_random_encoder_is_refused():
+    base = {"videos": ["a"], "model": {**TINY_MODEL, "freeze_encoder": True}}
+    with pytest.raises(ConfigError, match="randomly initialised CNN encoder"):
+        TrainConfig.from_dict({**base, "init_from": None})
+    assert TrainConfig.from_dict({**base, "init_from": "pretrain"}).model.freeze_encoder

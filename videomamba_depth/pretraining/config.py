@@ -75,6 +75,9 @@ class PretrainConfig(StageConfig):
             their images together.
         hflip, color_jitter: augmentation, as the ``train`` stage's (K mirrored with the image).
         num_workers: DataLoader worker processes (0 = load in the training process).
+    Model: freeze_encoder: no gradients to the encoder backbone here; it replaces ``train.model``'s own
+        ``freeze_encoder``, which is about video training (the default pipeline pre-trains everything, then
+        fine-tunes on video with the encoder frozen).
     Optimisation: steps, batch_size (images per step per process), lr, encoder_lr_factor, weight_decay,
         warmup_steps, min_lr_ratio, grad_clip, precision, device, threads, seed: as in ``train``.
     Logging and checkpoints: log_every, val_every, image_every, checkpoint_every (steps; 0 disables images /
@@ -86,6 +89,7 @@ class PretrainConfig(StageConfig):
     hflip: float = 0.5
     color_jitter: float = 0.2
     num_workers: int = 0
+    freeze_encoder: bool = False
     steps: int = 300
     batch_size: int = 8
     lr: float = 1e-3

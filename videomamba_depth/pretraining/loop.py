@@ -31,7 +31,7 @@ import shutil
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,7 @@ class _Pretrainer:
     ) -> None:
         self.config, self.out_dir, self.ctx = config, out_dir, context
         self.preprocessing = preprocessing
+        model_config = replace(model_config, freeze_encoder=config.freeze_encoder)
         torch.set_num_threads(config.threads or cpu_threads(context.world_size))
         self.train_sets = [open_image_dataset(d, **preprocessing) for d in config.datasets]
         self.val_sets = [open_image_dataset(d, **preprocessing) for d in config.val_datasets]

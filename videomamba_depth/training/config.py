@@ -113,6 +113,14 @@ class TrainConfig(StageConfig):
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        model = self.model
+        if model.freeze_encoder and self.init_from is None and model.encoder == "cnn" and (
+            model.encoder_checkpoint is None
+        ):
+            raise ValueError(
+                "model.freeze_encoder with init_from null freezes a randomly initialised CNN encoder: set "
+                "init_from: pretrain, give model.encoder_checkpoint, or set model.freeze_encoder: false"
+            )
 
     def run_identity(self) -> dict[str, Any]:
         """The config without :data:`NON_SEMANTIC_KEYS`: two runs with equal identities compute the same."""
