@@ -2,11 +2,14 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from training_fixtures import TINY_MODEL, tiny_model_config, write_training_video
 
@@ -33,6 +36,7 @@ from videomamba_depth.training import checkpoint as checkpoint_module
 from videomamba_depth.training.loop import init_from_pretrained
 
 PREPROCESSING = {"long_edge": 56, "pad_multiple": 14}
+REPO = Path(__file__).resolve().parents[1]
 TINY_SYNTH = {"width": 32, "height": 24, "supersample": 1, "videos": {"held_out": 7}}
 
 
@@ -268,3 +272,45 @@ def test_frozen_random_encoder_is_refused():
     with pytest.raises(ConfigError, match="randomly initialised CNN encoder"):
         TrainConfig.from_dict({**base, "init_from": None})
     assert TrainConfig.from_dict({**base, "init_from": "pretrain"}).model.freeze_encoder
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_pretrain_like_one_process_with_the_global_batch(tmp_path, monkeypatch):
+    """``torchrun -m stages.pretrain`` with 2 gloo processes of 2 images each = one process with 4: the
+    sampler gives the ranks disjoint halves of the same global batch, DDP averages their gradients."""
+    write_image_set(tmp_path / "images", count=12, seed=3)
+
+    def params(batch_size: int) -> dict:
+        return {
+            "datasets": [{"format": "filelist", "root": "images", "split": "train.txt"}],
+            "val_datasets": [{"format": "filelist", "root": "images", "split": "val.txt"}],
+            "steps": 4, "batch_size": batch_size, "warmup_steps": 1, "val_every": 4, "image_every": 0,
+            "checkpoint_every": 0, "log_every": 2, "device": "cpu", "threads": 1, "resume": False,
+            # The ranking term has no pairs here; SSI and the gradient term are per-image means.
+            "loss": {"metric_l1": 1.0, "ssi": 0.5, "grad": 0.5, "ranking": 0.0},
+        }
+
+    sections = {"pretrain": params(2), "prepare": PREPROCESSING, "train": {"model": TINY_MODEL}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(sections))
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "stages.pretrain"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "DDP: 2 replicas hold identical weights" in run.stderr
+    ddp = load_file(tmp_path / "data" / "pretrain" / "model_latest.safetensors")
+
+    monkeypatch.chdir(tmp_path)
+    single = load_file(pretrain(PretrainConfig.from_dict(params(4)), tiny_model_config(), PREPROCESSING,
+                                tmp_path / "single").latest)
+    half = load_file(pretrain(PretrainConfig.from_dict(params(2)), tiny_model_config(), PREPROCESSING,
+                              tmp_path / "half").latest)
+
+    def distance(x: dict, y: dict) -> float:
+        return float(torch.sqrt(sum(((x[k].double() - y[k].double()) ** 2).sum() for k in x)))
+
+    assert ddp.keys() == single.keys()
+    assert distance(ddp, single) < 0.01 * distance(ddp, half)
