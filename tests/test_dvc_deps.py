@@ -47,3 +47,15 @@ def test_train_params_never_reach_data_stages():
             assert sorted(params) == sorted(f"train.model.{k}" for k in fields - runtime)
         elif name not in ("train", "evaluate"):
             assert not params, name
+
+
+def test_pretrain_feeds_train():
+    """A pretrain change re-runs train (its best model is a train dependency); synth_images feeds pretrain."""
+    stages = _stages()
+    pretrained = "data/pretrain/model_best.safetensors"
+    assert pretrained in stages["pretrain"]["outs"] and pretrained in stages["train"]["deps"]
+    images = "data/synth_images"
+    assert images in stages["synth_images"]["outs"] and images in stages["pretrain"]["deps"]
+    # Adding a video (synth.videos) must not re-render the image set.
+    assert "synth" not in stages["synth_images"]["params"]
+    assert "synth.videos" not in stages["synth_images"]["params"]
