@@ -182,11 +182,11 @@ def test_pretrain_resumes_to_the_uninterrupted_weights(images, tmp_path, monkeyp
         if state["step"] == 2:
             raise KeyboardInterrupt("killed right after the step-2 checkpoint")
 
-    monkeypatch.setattr("videomamba_depth.pretraining.loop.save_state", save_then_crash)
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "model_best.safetensors").exists()
-    monkeypatch.setattr("videomamba_depth.pretraining.loop.save_state", real_save)
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
     resumed = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed").latest)
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)

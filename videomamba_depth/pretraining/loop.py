@@ -61,12 +61,12 @@ from videomamba_depth.losses import (
 from videomamba_depth.metrics.depth import frame_metrics
 from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student, save_student
 from videomamba_depth.pretraining.config import PretrainConfig
-from videomamba_depth.training.checkpoint import load_state, save_state, set_rng_state
+from videomamba_depth.training.checkpoint import set_rng_state
 from videomamba_depth.training.distributed import Distributed, setup, teardown
 from videomamba_depth.training.loop import (
+    ResumableRun,
     check_replicas_in_sync,
     cpu_threads,
-    gather_rng_states,
     learning_rate_factor,
     open_live,
 )
@@ -76,8 +76,6 @@ from videomamba_depth.zarrio import atomic_file
 OUT_DIR = Path("data/pretrain")
 LATEST_FILE, BEST_MODEL_FILE = "model_latest.safetensors", "model_best.safetensors"
 EPOCHS_DIR = "epochs"
-# The best weights so far, next to the resumable state (both persist between DVC runs).
-BEST_FILE = "best.safetensors"
 BEST_METRIC = "val/abs_rel"
 # Validation metrics logged (``metrics.depth.frame_metrics`` names), as val/<name>.
 VAL_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "delta1", "delta2", "delta3")
@@ -159,7 +157,9 @@ class _PerFrame(nn.Module):
         return self.model.forward_frames(rgb, K)
 
 
-class _Pretrainer:
+class _Pretrainer(ResumableRun):
+    stage = "pretrain"
+
     def __init__(
         self,
         config: PretrainConfig,
@@ -377,56 +377,20 @@ class _Pretrainer:
         live.log_image(f"rgb_target_prediction/{self.step:06d}.png", strip)
 
     # --------------------------------------------------------------------------------- state and outputs
-    @property
-    def _best_in_state(self) -> Path:
-        return self.out_dir / "state" / BEST_FILE
-
     def _epoch_file(self, epoch: int) -> Path:
         return self.out_dir / EPOCHS_DIR / f"epoch_{epoch:03d}.safetensors"
 
-    def _maybe_resume(self) -> dict | None:
-        """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
-        if not self.config.resume:
-            state, message = None, "pretrain.resume is false: starting fresh"
-        else:
-            state, message = load_state(self.out_dir / "state", self.run_identity, self.model.state_dict())
-        if self.ctx.is_main:
-            print(message, file=sys.stderr)
-        if state is None:
-            if self.ctx.is_main:  # another run's best and epoch weights must not pass for this run's
-                self._best_in_state.unlink(missing_ok=True)
-                for stale in (self.out_dir / EPOCHS_DIR).glob("epoch_*.safetensors"):
-                    stale.unlink()
-            return None
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
-        self.running.update({name: list(values) for name, values in state["running"].items()})
-        return state["rng"][self.ctx.rank]
+    def _discard_stale_outputs(self) -> None:
+        """Another run's best and epoch weights must not pass for this run's."""
+        super()._discard_stale_outputs()
+        for stale in (self.out_dir / EPOCHS_DIR).glob("epoch_*.safetensors"):
+            stale.unlink()
 
     def _save_state(self) -> None:
-        """Rank 0 writes the resumable state and ``model_latest`` (a collective call under DDP)."""
-        ranks = gather_rng_states(self.ctx)
-        if not self.ctx.is_main:
-            return
-        save_state(
-            self.out_dir / "state",
-            {
-                "step": self.step,
-                "best_metric": self.best_metric,
-                "running": {name: list(values) for name, values in self.running.items()},
-                "run_identity": self.run_identity,
-                "config": self.config.to_dict(),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": ranks,
-            },
-        )
-        save_student(self.out_dir / LATEST_FILE, self.model, self.preprocessing)
+        """The resumable state (:class:`ResumableRun`) and ``model_latest``; a collective call under DDP."""
+        super()._save_state()
+        if self.ctx.is_main:
+            save_student(self.out_dir / LATEST_FILE, self.model, self.preprocessing)
 
     def _write_outputs(self, live: Any) -> None:
         if math.isinf(self.best_metric):  # never validated on metric depth: best = latest

@@ -231,7 +231,80 @@ def cpu_threads(world_size: int) -> int:
     return max(1, cores // world_size)
 
 
-class _Trainer:
+class ResumableRun:
+    """The resumable state both training stages keep under ``out_dir/state`` (:mod:`training.checkpoint`'s
+    format) with the best weights so far beside it: ``train``'s ``_Trainer`` and ``pretrain``'s
+    ``_Pretrainer`` set the attributes below and call :meth:`_maybe_resume` / :meth:`_save_state`."""
+
+    stage: str  # the params section, for messages
+    config: Any  # with ``resume`` and ``to_dict()``
+    out_dir: Path
+    ctx: Distributed
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    step: int
+    best_metric: float
+    running: dict[str, list[float]]
+    run_identity: dict[str, Any]
+
+    @property
+    def _best_in_state(self) -> Path:
+        return self.out_dir / "state" / BEST_FILE
+
+    def _discard_stale_outputs(self) -> None:
+        """Rank 0, starting fresh: best weights of another run must not become this run's model_best."""
+        self._best_in_state.unlink(missing_ok=True)
+
+    def _maybe_resume(self) -> dict | None:
+        """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
+        if not self.config.resume:
+            state, message = None, f"{self.stage}.resume is false: starting fresh"
+        else:
+            state, message = load_state(self.out_dir / "state", self.run_identity, self.model.state_dict())
+        if self.ctx.is_main:
+            print(message, file=sys.stderr)
+        if state is None:
+            if self.ctx.is_main:
+                self._discard_stale_outputs()
+            return None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
+        self.running.update({name: list(values) for name, values in state["running"].items()})
+        # The batches need no sampler state: what a step trains on is a pure function of (seed, step).
+        # Nothing draws from the global RNGs after initialisation today (no dropout; the samplers have their
+        # own generators); restoring them keeps any future use reproducible across a resume.
+        return state["rng"][self.ctx.rank]
+
+    def _save_state(self) -> None:
+        """Rank 0 writes the resumable state, with every rank's RNG states (a collective call under DDP)."""
+        ranks = gather_rng_states(self.ctx)
+        if not self.ctx.is_main:
+            return
+        save_state(
+            self.out_dir / "state",
+            {
+                "step": self.step,
+                "best_metric": self.best_metric,
+                "running": {name: list(values) for name, values in self.running.items()},
+                "run_identity": self.run_identity,
+                "config": self.config.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": ranks,
+            },
+        )
+
+
+class _Trainer(ResumableRun):
+    stage = "train"
+
     def __init__(
         self, config: TrainConfig, out_dir: Path, context: Distributed, pretrained: Path = PRETRAINED_MODEL
     ) -> None:
@@ -480,56 +553,8 @@ class _Trainer:
     def _live(self) -> object:
         return open_live(self.out_dir / "dvclive", self.step) if self.ctx.is_main else None
 
-    def _maybe_resume(self) -> dict | None:
-        """Load the resumable state when it belongs to this run; return this rank's saved RNG states."""
-        if not self.config.resume:
-            state, message = None, "train.resume is false: starting fresh"
-        else:
-            state, message = load_state(self.out_dir / "state", self.run_identity, self.model.state_dict())
-        if self.ctx.is_main:
-            print(message, file=sys.stderr)
-        if state is None:
-            if self.ctx.is_main:  # best weights of another run must not become this run's model_best
-                self._best_in_state.unlink(missing_ok=True)
-            return None
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
-        self.running.update({name: list(values) for name, values in state["running"].items()})
-        # The batches need no sampler state: the step plan is a pure function of (seed, step). Nothing draws
-        # from the global RNGs after initialisation today (no dropout; the plan has its own generators);
-        # restoring them keeps any future use reproducible across a resume.
-        return state["rng"][self.ctx.rank]
-
-    def _save_state(self) -> None:
-        """Rank 0 writes the resumable state, with every rank's RNG states (a collective call under DDP)."""
-        ranks = gather_rng_states(self.ctx)
-        if not self.ctx.is_main:
-            return
-        save_state(
-            self.out_dir / "state",
-            {
-                "step": self.step,
-                "best_metric": self.best_metric,
-                "running": {name: list(values) for name, values in self.running.items()},
-                "run_identity": self.run_identity,
-                "config": self.config.to_dict(),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": ranks,
-            },
-        )
-
     def _check_replicas_in_sync(self) -> None:
         check_replicas_in_sync(self.model, self.ctx)
-
-    @property
-    def _best_in_state(self) -> Path:
-        return self.out_dir / "state" / BEST_FILE
 
     def _write_outputs(self, live: object) -> None:
         save_student(self.out_dir / "model_final.safetensors", self.model, self.preprocessing)
