@@ -51,6 +51,18 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _camera_and_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``infer`` and ``infer-image`` share: assumed field of view, model input overrides, device."""
+    parser.add_argument("--hfov", type=float, metavar="DEG",
+                        help="no K file: assume this horizontal field of view (default: UniDepthV2 estimate "
+                             "when installed, else 60 degrees with a warning)")
+    parser.add_argument("--long-edge", type=int,
+                        help="override the model input long edge recorded in the checkpoint (warns)")
+    parser.add_argument("--pad-multiple", type=int,
+                        help="override the model input padding multiple recorded in the checkpoint (warns)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
 def _infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="a video file (.mp4, .mov, ...) or a folder of frames")
     parser.add_argument("--checkpoint", required=True,
@@ -59,19 +71,12 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output Zarr store, e.g. OUT.zarr (written only when complete)")
     parser.add_argument("--intrinsics", metavar="K",
                         help=".json/.npy K (3x3 or per-frame T x 3 x 3) in pixels of the original frames")
-    parser.add_argument("--hfov", type=float, metavar="DEG",
-                        help="no K file: assume this horizontal field of view (default: UniDepthV2 estimate "
-                             "when installed, else 60 degrees with a warning)")
+    _camera_and_input_arguments(parser)
     parser.add_argument("--preview", metavar="OUT.mp4", help="also write a colour-mapped depth video")
     parser.add_argument("--preview-range", type=float, nargs=2, metavar=("NEAR", "FAR"),
                         help="preview colour range in metres (default: first frame's 1st-99th percentile)")
     parser.add_argument("--points-every", type=int, default=0, metavar="N",
                         help="write a PLY point cloud every N frames into OUT.points/ (default 0: none)")
-    parser.add_argument("--long-edge", type=int,
-                        help="override the model input long edge recorded in the checkpoint (warns)")
-    parser.add_argument("--pad-multiple", type=int,
-                        help="override the model input padding multiple recorded in the checkpoint (warns)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch threads (default: half the cores, at most 4; the rest decode and write)")
     parser.add_argument("--force", action="store_true",
@@ -109,15 +114,8 @@ def _infer_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder: <stem>.npy (float32 metres), <stem>.png (colour-mapped depth)")
     parser.add_argument("--intrinsics", metavar="K",
                         help=".json/.npy 3x3 K in pixels of the original images (checked against each size)")
-    parser.add_argument("--hfov", type=float, metavar="DEG",
-                        help="no K file: assume this horizontal field of view (default: UniDepthV2 estimate "
-                             "when installed, else 60 degrees with a warning)")
+    _camera_and_input_arguments(parser)
     parser.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds")
-    parser.add_argument("--long-edge", type=int,
-                        help="override the model input long edge recorded in the checkpoint (warns)")
-    parser.add_argument("--pad-multiple", type=int,
-                        help="override the model input padding multiple recorded in the checkpoint (warns)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch threads (default: half the cores, at most 4)")
     parser.add_argument("--force", action="store_true",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +22,27 @@ from videomamba_depth.losses.temporal import state_smoothing, temporal_gradient_
 TERMS = ("metric_l1", "ssi", "tgm", "state_smooth", "silog", "grad")
 
 
+class WeightedTerms:
+    """What the loss configs (``train.loss``, ``pretrain.loss``) share. ``terms``: their weight fields."""
+
+    terms: ClassVar[tuple[str, ...]]
+
+    def check_weights(self) -> None:
+        """``ValueError`` unless every weight is finite and >= 0 and one is > 0."""
+        for name in self.terms:
+            weight = getattr(self, name)
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"loss weight {name} must be finite and >= 0, got {weight}")
+        if all(getattr(self, name) == 0 for name in self.terms):
+            raise ValueError(f"all loss weights are 0 ({', '.join(self.terms)}): nothing to train")
+
+    def weights(self) -> dict[str, float]:
+        """Term name -> weight, for the terms with a non-zero weight."""
+        return {name: getattr(self, name) for name in self.terms if getattr(self, name) > 0}
+
+
 @dataclass(frozen=True)
-class LossConfig(StageConfig):
+class LossConfig(StageConfig, WeightedTerms):
     """Weights and settings of the distillation loss (the train stage nests it, e.g. ``train.loss``).
 
     Weights (>= 0; 0 skips the term entirely):
@@ -42,6 +62,8 @@ class LossConfig(StageConfig):
         grad_scales: number of scales of the gradient term (>= 1).
     """
 
+    terms = TERMS
+
     metric_l1: float = 1.0
     ssi: float = 0.5
     tgm: float = 1.0
@@ -57,12 +79,7 @@ class LossConfig(StageConfig):
     grad_scales: int = 4
 
     def __post_init__(self) -> None:
-        for name in TERMS:
-            weight = getattr(self, name)
-            if not (math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"loss weight {name} must be finite and >= 0, got {weight}")
-        if all(getattr(self, name) == 0 for name in TERMS):
-            raise ValueError(f"all loss weights are 0 ({', '.join(TERMS)}): nothing to train")
+        self.check_weights()
         if not 0.0 <= self.ssi_trim < 1.0:
             raise ValueError(f"ssi_trim must be in [0, 1), got {self.ssi_trim}")
         if not self.tgm_jump_threshold > 0:
@@ -73,10 +90,6 @@ class LossConfig(StageConfig):
             raise ValueError(f"silog_lambda must be in [0, 1], got {self.silog_lambda}")
         if self.grad_scales < 1:
             raise ValueError(f"grad_scales must be >= 1, got {self.grad_scales}")
-
-    def weights(self) -> dict[str, float]:
-        """Term name -> weight, for the terms with a non-zero weight."""
-        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
 class DistillationLoss(nn.Module):

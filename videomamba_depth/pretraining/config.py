@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from videomamba_depth.config import StageConfig
 from videomamba_depth.datasets import ImageDatasetConfig
+from videomamba_depth.losses.distill import WeightedTerms
+from videomamba_depth.training.config import check_loop_settings
 
 # The embedded default: the synthetic image set of the synth_images stage, in the file-list format.
 SYNTH_IMAGES = "data/synth_images"
@@ -18,7 +19,7 @@ TERMS = ("metric_l1", "ssi", "grad", "silog", "ranking")
 
 
 @dataclass(frozen=True)
-class PretrainLossConfig(StageConfig):
+class PretrainLossConfig(StageConfig, WeightedTerms):
     """Weights (>= 0; 0 skips the term) and settings of the image loss against ground truth.
 
     metric_l1: ``|log d - log d_gt|`` (``losses.metric_log_l1``); ssi: MiDaS scale-and-shift-invariant loss in
@@ -27,6 +28,8 @@ class PretrainLossConfig(StageConfig):
     ranking: logistic ranking loss on relative-depth point pairs (``losses.pair_ranking_loss``; only
     datasets with pairs, e.g. DA2K, contribute).
     """
+
+    terms = TERMS
 
     metric_l1: float = 1.0
     ssi: float = 0.5
@@ -38,22 +41,13 @@ class PretrainLossConfig(StageConfig):
     grad_scales: int = 4
 
     def __post_init__(self) -> None:
-        for name in TERMS:
-            weight = getattr(self, name)
-            if not (math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"loss weight {name} must be finite and >= 0, got {weight}")
-        if all(getattr(self, name) == 0 for name in TERMS):
-            raise ValueError(f"all loss weights are 0 ({', '.join(TERMS)}): nothing to train")
+        self.check_weights()
         if not 0.0 <= self.ssi_trim < 1.0:
             raise ValueError(f"ssi_trim must be in [0, 1), got {self.ssi_trim}")
         if not 0.0 <= self.silog_lambda <= 1.0:
             raise ValueError(f"silog_lambda must be in [0, 1], got {self.silog_lambda}")
         if self.grad_scales < 1:
             raise ValueError(f"grad_scales must be >= 1, got {self.grad_scales}")
-
-    def weights(self) -> dict[str, float]:
-        """Term name -> weight, for the terms with a non-zero weight."""
-        return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
 
 
 def _synth_images(split: str) -> tuple[ImageDatasetConfig, ...]:
@@ -114,22 +108,11 @@ class PretrainConfig(StageConfig):
             raise ValueError("datasets: at least one training dataset is needed")
         if not any(d.weight > 0 for d in self.datasets):
             raise ValueError("datasets: at least one dataset needs a weight > 0")
-        for name in ("batch_size", "steps", "log_every", "val_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "warmup_steps", "threads", "image_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise ValueError(f"hflip must be in [0, 1], got {self.hflip}")
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
-        if not (self.lr > 0 and self.encoder_lr_factor >= 0 and self.weight_decay >= 0):
-            raise ValueError("need lr > 0, encoder_lr_factor >= 0 and weight_decay >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        check_loop_settings(
+            self,
+            positive=("batch_size", "steps", "log_every", "val_every"),
+            non_negative=("num_workers", "warmup_steps", "threads", "image_every", "checkpoint_every"),
+        )
 
     def run_identity(self) -> dict[str, Any]:
         """The config without :data:`NON_SEMANTIC_KEYS`: two runs with equal identities compute the same."""

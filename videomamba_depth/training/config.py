@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,6 +14,28 @@ from videomamba_depth.models import ModelConfig
 # Keys that do not change what a run computes: a resumable state saved under other values of these still
 # continues the same run.
 NON_SEMANTIC_KEYS = ("resume", "num_workers", "log_every", "threads")
+
+
+def check_loop_settings(config: Any, positive: Sequence[str], non_negative: Sequence[str]) -> None:
+    """The range checks the ``train`` and ``pretrain`` sections share (``ValueError`` naming the key): the
+    ``positive`` (>= 1) and ``non_negative`` counts, then ``hflip``, ``color_jitter``, ``lr``,
+    ``encoder_lr_factor``, ``weight_decay``, ``min_lr_ratio`` and ``grad_clip``."""
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not 0.0 <= config.hflip <= 1.0:
+        raise ValueError(f"hflip must be in [0, 1], got {config.hflip}")
+    if not 0.0 <= config.color_jitter < 1.0:
+        raise ValueError(f"color_jitter must be in [0, 1), got {config.color_jitter}")
+    if not (config.lr > 0 and config.encoder_lr_factor >= 0 and config.weight_decay >= 0):
+        raise ValueError("need lr > 0, encoder_lr_factor >= 0 and weight_decay >= 0")
+    if not 0.0 <= config.min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
+    if config.grad_clip < 0:
+        raise ValueError(f"grad_clip must be >= 0, got {config.grad_clip}")
 
 
 @dataclass(frozen=True)
@@ -85,34 +108,17 @@ class TrainConfig(StageConfig):
             raise ValueError("videos: at least one training video is needed")
         if len(set(self.videos)) != len(self.videos):
             raise ValueError(f"videos: duplicate names in {list(self.videos)}")
-        positive = ("clip_len", "clip_stride", "batch_size", "steps", "chunk_size", "log_every", "val_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        non_negative = (
-            "val_frames",
-            "num_workers",
-            "warmup_steps",
-            "threads",
-            "image_every",
-            "checkpoint_every",
+        check_loop_settings(
+            self,
+            positive=("clip_len", "clip_stride", "batch_size", "steps", "chunk_size", "log_every",
+                      "val_every"),
+            non_negative=("val_frames", "num_workers", "warmup_steps", "threads", "image_every",
+                          "checkpoint_every"),
         )
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.chunk_size > self.clip_len:
             raise ValueError(f"chunk_size ({self.chunk_size}) must not exceed clip_len ({self.clip_len})")
-        for name in ("p_single_frame", "hflip"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
-        if not (self.lr > 0 and self.encoder_lr_factor >= 0 and self.weight_decay >= 0):
-            raise ValueError("need lr > 0, encoder_lr_factor >= 0 and weight_decay >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0.0 <= self.p_single_frame <= 1.0:
+            raise ValueError(f"p_single_frame must be in [0, 1], got {self.p_single_frame}")
         model = self.model
         if model.freeze_encoder and self.init_from is None and model.encoder == "cnn" and (
             model.encoder_checkpoint is None
