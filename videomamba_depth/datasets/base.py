@@ -10,6 +10,7 @@ pixels, and ``skip_bad`` handling.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,6 +351,15 @@ def read_text(path: Path, what: str) -> str:
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: {what} is not UTF-8 text ({exc.reason})") from exc
 
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed JSON of an index file (:func:`read_text`'s errors, or one naming the file when it is not
+    valid JSON)."""
+    try:
+        return json.loads(read_text(path, what))
+    except ValueError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
 
 def collect(
     config: ImageDatasetConfig, makers: Iterable[Callable[[], Record]],

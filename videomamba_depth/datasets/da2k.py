@@ -14,7 +14,6 @@ closer)``: u a column, v a row, ``closer`` 1 when point 1 is the closer, -1 othe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,8 @@ from videomamba_depth.datasets.base import (
     Record,
     collect,
     index_path,
+    read_json,
     read_rgb,
-    read_text,
     require_file,
 )
 
@@ -39,10 +38,7 @@ class DA2KDataset(ImageDepthDataset):
     @classmethod
     def open(cls, config: ImageDatasetConfig, *, long_edge: int, pad_multiple: int) -> DA2KDataset:
         path = index_path(config, ".json", "DA-2K annotations are in annotations.json: split: annotations")
-        try:
-            annotations = json.loads(read_text(path, "DA-2K annotations"))
-        except ValueError as exc:
-            raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+        annotations = read_json(path, "DA-2K annotations")
         if not isinstance(annotations, dict):
             raise DatasetError(f"{path}: expected a JSON object of image path -> list of point pairs")
         root = Path(config.root)

@@ -22,7 +22,6 @@ Depth encoding (SUN3D / SUN RGB-D toolbox, PrincetonVision/SUN3Dsfm ``depthRead.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -35,10 +34,10 @@ from videomamba_depth.datasets.base import (
     Record,
     collect,
     index_path,
+    read_json,
     read_K_text,
     read_png,
     read_rgb,
-    read_text,
     require_file,
 )
 
@@ -55,10 +54,7 @@ class SUNRGBDDataset(ImageDepthDataset):
     @classmethod
     def open(cls, config: ImageDatasetConfig, *, long_edge: int, pad_multiple: int) -> SUNRGBDDataset:
         split_path = index_path(config, ".json", "split names a JSON list of frame folders, e.g. train.json")
-        try:
-            folders = json.loads(read_text(split_path, "SUN RGB-D split list"))
-        except ValueError as exc:
-            raise DatasetError(f"{split_path}: not valid JSON ({exc})") from exc
+        folders = read_json(split_path, "SUN RGB-D split list")
         if not isinstance(folders, list):
             kind = type(folders).__name__
             raise DatasetError(f"{split_path}: expected a JSON list of frame folders, got a {kind}")
