@@ -1,10 +1,13 @@
 """End-to-end ``videomamba-depth infer`` benchmark: decode -> depth store at the original resolution.
 
-Runs the real ``infer_video`` (the code behind ``videomamba-depth infer``) on a 960 x 540 H.264 video that
-the bench renders (``FRAMES`` frames of one synthetic room, rendered at 256 x 192, enlarged, each frame
-shifted so no two are equal), and on any clips given with ``--video``; once without and once with
-``--preview``. The student is the default ``ModelConfig`` with randomised temporal blocks (as
-``bench_stream``), saved with preprocessing long edge 224, pad multiple 14 (960 x 540 -> 224 x 126).
+Runs the real ``infer_video`` (the code behind ``videomamba-depth infer``) on 960 x 540 H.264 videos that
+the bench renders (``LENGTHS`` frames of one synthetic room, rendered at 256 x 192, enlarged, each frame
+shifted so no two are equal), and on any clips given with ``--video``: every length without the preview,
+the first length (and each clip) with ``--preview`` too. Each pass runs in its own process, so its peak RSS
+is its own: equal peaks at 300 and 1,200 frames show that memory does not grow with the video. The student
+is the default one: params.yaml's ``train.model`` with random weights and randomised temporal blocks,
+saved with params.yaml's ``prepare`` geometry (what ``make repro``'s student is trained with and so what
+``infer`` runs it at; 128 / 32: 960 x 540 -> 128 x 72, padded to 128 x 96).
 
 Reports the frames/s of the model step alone (the ceiling: prepared frames in memory, nothing written),
 then of the whole pass (first decoded frame to committed outputs; model loading and the
@@ -12,14 +15,17 @@ intrinsics assumption excluded), peak RSS, and the busy milliseconds per frame o
 (decode, preprocess, model, upsample, write, points, preview). Stages run in three overlapping threads, so
 their sum exceeds the wall time per frame; ``overlap`` = sum / wall shows how much the pipelining buys.
 
-Run: ``python -m bench.bench_infer`` (about a minute; ``--frames``, ``--threads``, ``--video CLIP ...``).
+Run: ``python -m bench.bench_infer`` (about a minute; ``--lengths``, ``--threads``, ``--video CLIP ...``).
 Results: bench/results/bench_infer.{json,md}. Absolute numbers need a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,8 +33,8 @@ import cv2
 import numpy as np
 import torch
 
-from bench.bench_stream import RssSampler, student
-from bench.common import call_seconds, write_results
+from bench.bench_stream import RssSampler
+from bench.common import call_seconds, default_preprocessing, default_student, write_results
 from videomamba_depth.camera import ResizePad
 from videomamba_depth.inference import StreamingDepth, load_checkpoint
 from videomamba_depth.inference.infer import STAGES, InferConfig, default_threads, infer_video
@@ -40,10 +46,9 @@ from videomamba_depth.video.reader import open_video
 from videomamba_depth.video.writer import write_mp4
 
 WIDTH, HEIGHT = 960, 540
-FRAMES = 300
+LENGTHS = (300, 1200)  # frames of the synthetic videos: peak RSS must not grow with the length
 MODEL_ONLY_FRAMES = 60  # frames of the model-alone timing (held in memory at the original size)
 POOL = 24  # rendered frames cycled (with a growing shift) to make any length
-PREPROCESSING = {"long_edge": 224, "pad_multiple": 14}  # the prepare defaults
 TARGET_FPS = {"depth store": 30.0, "depth store + preview": 20.0}  # issue 14, on the 2-core machine
 
 
@@ -75,6 +80,15 @@ def run(video: Path, model: Path, out_dir: Path, threads: int | None, preview: b
     }
 
 
+def run_child(video: Path, model: Path, out_dir: Path, threads: int | None, preview: bool) -> dict:
+    """``run`` in a fresh process, so its peak RSS is its own (not that of an earlier, longer run)."""
+    command = [sys.executable, "-m", "bench.bench_infer", "--child", str(video), str(model), str(out_dir)]
+    command += ["--threads", str(threads)] if threads else []
+    command += ["--preview"] if preview else []
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def model_only(video: Path, model: Path, threads: int | None, frames: int = MODEL_ONLY_FRAMES) -> dict:
     """Frames/s of the student step alone on the video's first ``frames`` prepared frames (decoded and
     prepared beforehand, nothing written), with infer's thread setting: the ceiling of the end-to-end rate."""
@@ -94,32 +108,41 @@ def model_only(video: Path, model: Path, threads: int | None, frames: int = MODE
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=FRAMES, help="frames of the synthetic video")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS),
+                        help="frames of the synthetic videos (the first is also run with --preview)")
     parser.add_argument("--threads", type=int, help="torch threads (default: infer's default)")
     parser.add_argument("--video", nargs="*", default=[], help="also run on these clips")
+    parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)  # internal: VIDEO MODEL OUT
+    parser.add_argument("--preview", action="store_true", help=argparse.SUPPRESS)  # with --child
     args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(run(*args.child, args.threads, args.preview)))
+        return
+    preprocessing = default_preprocessing()
     runs, ceilings = [], []
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         tmp = Path(tmp)
         model = tmp / "student.safetensors"
-        save_student(model, student(), PREPROCESSING)
-        videos = [synthetic_video(tmp / f"synthetic_{WIDTH}x{HEIGHT}.mp4", args.frames)]
-        videos += [Path(v) for v in args.video]
-        for video in videos:
+        save_student(model, default_student(), preprocessing)
+        synthetic = [synthetic_video(tmp / f"synthetic_{WIDTH}x{HEIGHT}_{n}.mp4", n) for n in args.lengths]
+        # (video, with preview): every synthetic length without; the first length and each clip with too.
+        plan = [(v, False) for v in synthetic] + [(synthetic[0], True)]
+        plan += [(Path(v), p) for v in args.video for p in (False, True)]
+        for video in [synthetic[0], *map(Path, args.video)]:
             ceilings.append(model_only(video, model, args.threads))
             print(f"{video.name} model step alone: {ceilings[-1]['fps']:.1f} frames/s", flush=True)
-            for preview in (False, True):
-                runs.append(run(video, model, tmp, args.threads, preview))
-                r = runs[-1]
-                print(f"{r['video']} {r['what']}: {r['fps']:.1f} frames/s, {r['threads']} torch thread(s), "
-                      f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        for video, preview in plan:
+            runs.append(run_child(video, model, tmp, args.threads, preview))
+            r = runs[-1]
+            print(f"{r['video']} {r['what']}: {r['fps']:.1f} frames/s, {r['threads']} torch thread(s), "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     result = {
         "torch": torch.__version__,
         "cpu_cores": os.cpu_count(),
         "default_threads": default_threads(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "size": [WIDTH, HEIGHT],
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing,
         "targets_fps": TARGET_FPS,
         "model_step_alone": ceilings,
         "runs": runs,

@@ -44,7 +44,7 @@ import psutil
 import torch
 from torch import nn
 
-from bench.common import call_seconds, write_results
+from bench.common import call_seconds, default_preprocessing, default_student, write_results
 from videomamba_depth.camera import ResizePad
 from videomamba_depth.config import load_section
 from videomamba_depth.inference import StreamingDepth
@@ -57,28 +57,18 @@ from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
 LENGTHS = (100, 1_000, 10_000)
 POOL = 24  # rendered frames cycled to make any length
-LONG_EDGE, PAD_MULTIPLE = 224, 14  # the prepare defaults: 256 x 192 -> 224 x 168
 SAMPLE_S = 0.02  # RSS sampling period
 COST_FRAMES = 30  # timed frames for the per-frame cost comparison (after 5 warm-up frames)
 
 
-def student():
-    """Default student with its zero-initialised projections randomised (does a trained model's work)."""
-    torch.manual_seed(0)
-    model = build_student(ModelConfig())
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2 and p.abs().max() == 0:
-                p.normal_(0.0, 0.02)
-    return model.eval()
-
-
 def frame_pool() -> tuple[np.ndarray, np.ndarray, ResizePad]:
-    """``POOL`` prepared frames ``(POOL, 168, 224, 3)``, their prepared K ``(3, 3)`` and the geometry."""
+    """``POOL`` prepared frames ``(POOL, H, W, 3)`` at params.yaml's prepare geometry (256 x 192 rendered ->
+    128 x 96 by default), their prepared K ``(3, 3)`` and the geometry."""
     scene = sample_scene(SynthConfig(num_frames=(POOL, POOL), supersample=1), 0)
     frames = list(render_frames(scene))
     rgb = np.stack([f.rgb for f in frames])
-    geometry = ResizePad.fit(rgb.shape[2], rgb.shape[1], LONG_EDGE, PAD_MULTIPLE)
+    prepare = default_preprocessing()
+    geometry = ResizePad.fit(rgb.shape[2], rgb.shape[1], prepare["long_edge"], prepare["pad_multiple"])
     return resize_pad(rgb, geometry), geometry.apply_K(frames[0].K), geometry
 
 
@@ -113,7 +103,7 @@ class RssSampler:
 def run_length(length: int) -> dict:
     """Stream ``length`` frames through the predictor into a Zarr store (child process body)."""
     pool, K, geometry = frame_pool()
-    predictor = StreamingDepth(student())
+    predictor = StreamingDepth(default_student())
     height, width = pool.shape[1:3]
     rss_curve = []
     with tempfile.TemporaryDirectory() as tmp, RssSampler() as sampler:
@@ -184,7 +174,7 @@ def per_frame_cost() -> dict:
     """Student step at its working resolution vs the teacher at its own (each as it runs in the pipeline)."""
     pool, K, _ = frame_pool()
     height, width = pool.shape[1:3]
-    predictor = StreamingDepth(student())
+    predictor = StreamingDepth(default_student())
     frames = iter(range(10**9))
     student_ms = median_ms(lambda: predictor(synthetic_frame(pool, next(frames)), K))
     teacher_cfg = load_section(TeacherConfig, "teacher")

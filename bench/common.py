@@ -1,4 +1,4 @@
-"""Helpers every benchmark uses: one timing loop and one way to write results."""
+"""Helpers every benchmark uses: one timing loop, one way to write results, the default student."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from videomamba_depth.config import load_params, load_section
+from videomamba_depth.models import ModelConfig, build_student
+from videomamba_depth.prepare import PrepareConfig
+
 RESULTS = Path(__file__).resolve().parent / "results"
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def call_seconds(fn: Callable[[], object], repeats: int, warm_up: int = 1) -> list[float]:
@@ -29,3 +36,23 @@ def write_results(name: str, results: dict, markdown: str, directory: Path = RES
     (directory / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (directory / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def default_preprocessing() -> dict[str, int]:
+    """The prepare geometry of params.yaml (``long_edge``, ``pad_multiple``): what ``make repro``'s student
+    is trained with and so what ``infer`` runs it at."""
+    prepare = load_section(PrepareConfig, "prepare", load_params(PARAMS))
+    return {"long_edge": prepare.long_edge, "pad_multiple": prepare.pad_multiple}
+
+
+def default_student() -> torch.nn.Module:
+    """The student of params.yaml's ``train.model`` in eval mode, random weights (seed 0), its
+    zero-initialised projections randomised so the temporal blocks do a trained model's work."""
+    config = ModelConfig.from_dict(load_params(PARAMS)["train"]["model"], where="params.yaml: train.model")
+    torch.manual_seed(0)
+    model = build_student(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2 and p.abs().max() == 0:
+                p.normal_(0.0, 0.02)
+    return model.eval()
