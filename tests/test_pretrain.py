@@ -172,6 +172,37 @@ def test_pretrain_writes_models_metrics_and_images_and_keeps_temporal_blocks_ide
     assert best.temporal_identity_violations() == []
 
 
+# Model variants pre-trained here: the ZoeDepth bins head (CNN), and camera tokens in a tiny random timm ViT
+# (vit_tiny_patch16_224 cut to 4 blocks), whose unknown-camera token is what the images without K train.
+VARIANTS = {
+    "zoe_bins": ({"head": "zoe_bins", "n_bins": 8, "bin_embedding_dim": 8}, ("decoder.head_out.",)),
+    "tokens": (
+        {"encoder": "timm", "timm_name": "vit_tiny_patch16_224", "timm_out_indices": [0, 1, 2, 3],
+         "timm_pretrained": False, "camera": "tokens", "cam_tokens": 2, "cam_blocks": 1,
+         "cam_token_inject_layer": 1},
+        ("camera.unknown", "camera.mlp.0.weight", "camera.blocks.0."),
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_pretrain_trains_the_model_variants(images, tmp_path, variant):
+    overrides, trained = VARIANTS[variant]
+    if "encoder" in overrides:
+        pytest.importorskip("timm")
+    model_config = ModelConfig.from_dict({**TINY_MODEL, **overrides}, "model")
+    torch.manual_seed(0)  # the pretrain config's seed: the same initial weights
+    fresh = build_student(model_config).state_dict()
+    config = pretrain_config(images, steps=3, val_every=3, image_every=0, checkpoint_every=0)
+    result = pretrain(config, model_config, PREPROCESSING, tmp_path / "p")
+    assert result.steps == 3 and np.isfinite(result.best_metric)
+    latest = load_file(result.latest)
+    for prefix in trained:
+        keys = [k for k in fresh if k.startswith(prefix)]
+        assert keys and all(not torch.equal(latest[k], fresh[k]) for k in keys), prefix
+    assert load_student(result.latest).config == model_config
+
+
 def test_pretrain_resumes_to_the_uninterrupted_weights(images, tmp_path, monkeypatch):
     config = pretrain_config(images, color_jitter=0.3, hflip=0.5)
     uninterrupted = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "full").latest)

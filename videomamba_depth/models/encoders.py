@@ -11,7 +11,8 @@ Variants (``ENCODERS``, chosen by ``ModelConfig.encoder``):
 Every encoder exposes the same interface, so the rest of the student does not depend on the variant:
 ``channels`` (scale name -> width), ``pad_multiple``, ``padded_size`` / ``feature_sizes``,
 ``normalize_and_pad`` and ``forward``. The part that pretrained weights, ``freeze_encoder`` and the encoder
-learning-rate factor apply to is the submodule ``backbone``.
+learning-rate factor apply to is the submodule ``backbone``. A timm ViT also takes camera tokens
+(``model.camera: tokens``, ``camera_tokens`` module): ``TimmEncoder.forward(x, camera_tokens)``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from videomamba_depth.errors import MissingDependencyError
@@ -177,6 +179,11 @@ class TimmEncoder(Encoder):
     the backbone (if any) always run in eval mode, with their pretrained statistics, so a clip and its frames
     one by one stay equivalent in training too.
 
+    With ``camera_token_layer`` set (a ViT backbone only), ``forward`` takes camera tokens and runs the ViT's
+    blocks itself (timm's ``forward_intermediates`` loop): the tokens are prepended to the sequence (before
+    the cls/register tokens) right before block ``camera_token_layer`` and skipped when the feature maps are
+    read, so the maps keep their shapes; the other layers and their state-dict keys are timm's.
+
     Args:
         name: timm model name, e.g. ``vit_small_patch14_dinov2.lvd142m`` or ``convnext_atto.d2_in1k``.
         out_indices: 4 feature indices (timm's ``out_indices``), finest scale first.
@@ -185,6 +192,7 @@ class TimmEncoder(Encoder):
         pretrained_file: local weights file in timm's format, used instead of the hub download.
         dynamic_img_size: pass ``dynamic_img_size=True`` to timm (ViTs: position embeddings interpolated to
             any input size). CNN backbones reject this argument: set it false for them.
+        camera_token_layer: the ViT block before which camera tokens join the sequence; None: no tokens.
     """
 
     def __init__(
@@ -195,6 +203,7 @@ class TimmEncoder(Encoder):
         pretrained: bool,
         pretrained_file: str | None,
         dynamic_img_size: bool,
+        camera_token_layer: int | None = None,
     ) -> None:
         timm = require_timm()
         if len(out_indices) != len(SCALES):
@@ -215,6 +224,24 @@ class TimmEncoder(Encoder):
         self.adapters = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(in_channels, widths, strict=True))
         self.channels = dict(zip(SCALES, widths, strict=True))
         self.pad_multiple = math.lcm(*backbone.feature_info.reduction())
+        self.camera_token_layer = camera_token_layer
+        if camera_token_layer is not None:
+            vit = getattr(backbone, "model", None)
+            if not all(hasattr(vit, a) for a in ("blocks", "patch_embed", "_pos_embed", "num_prefix_tokens")):
+                raise ValueError(
+                    f"model.camera: tokens needs a ViT timm backbone (a token sequence); {name} is not one: "
+                    "use model.camera: rays"
+                )
+            if not 0 <= camera_token_layer < len(vit.blocks):
+                raise ValueError(
+                    f"model.cam_token_inject_layer {camera_token_layer} is not a block of {name} as used "
+                    f"(blocks 0..{len(vit.blocks) - 1})"
+                )
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the ViT's tokens (what camera tokens must have)."""
+        return self.backbone.model.embed_dim
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, pretrained: bool) -> TimmEncoder:
@@ -226,6 +253,7 @@ class TimmEncoder(Encoder):
             pretrained=pretrained and cfg.timm_pretrained,
             pretrained_file=cfg.timm_pretrained_file,
             dynamic_img_size=cfg.timm_dynamic_img_size,
+            camera_token_layer=cfg.cam_token_inject_layer if cfg.camera == "tokens" else None,
         )
 
     def train(self, mode: bool = True) -> TimmEncoder:
@@ -235,17 +263,38 @@ class TimmEncoder(Encoder):
                 module.eval()
         return self
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, camera_tokens: Tensor | None = None) -> dict[str, Tensor]:
+        """As :meth:`Encoder.forward`; ``camera_tokens`` ``(F, T, D)``: required with ``camera_token_layer``
+        set, else must be None."""
+        if (camera_tokens is None) != (self.camera_token_layer is None):
+            raise ValueError("camera tokens go with, and only with, an encoder built with camera_token_layer")
         sizes = self.feature_sizes(*x.shape[-2:])
+        maps = self.backbone(x) if camera_tokens is None else self._vit_maps(x, camera_tokens)
         out = {}
-        for (name, size), adapter, feature in zip(
-            sizes.items(), self.adapters, self.backbone(x), strict=True
-        ):
+        for (name, size), adapter, feature in zip(sizes.items(), self.adapters, maps, strict=True):
             feature = adapter(feature)
             if tuple(feature.shape[-2:]) != size:
                 feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
             out[name] = feature
         return out
+
+    def _vit_maps(self, x: Tensor, camera_tokens: Tensor) -> list[Tensor]:
+        """The ViT's ``out_indices`` feature maps ``(F, D, h, w)`` with camera tokens ``(F, T, D)`` in the
+        sequence from block ``camera_token_layer`` on (timm's ``forward_intermediates``, plus the tokens)."""
+        vit = self.backbone.model
+        grid_h, grid_w = vit.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        taken = set(self.backbone.out_indices)
+        maps = []
+        for i, block in enumerate(vit.blocks):
+            if i == self.camera_token_layer:
+                tokens = torch.cat([camera_tokens.to(tokens.dtype), tokens], dim=1)
+            tokens = block(tokens)
+            if i in taken:
+                injected = i >= self.camera_token_layer
+                prefix = vit.num_prefix_tokens + (camera_tokens.shape[1] if injected else 0)
+                maps.append(rearrange(tokens[:, prefix:], "f (h w) d -> f d h w", h=grid_h, w=grid_w))
+        return maps
 
 
 # Encoder variants by ``ModelConfig.encoder``.

@@ -4,12 +4,14 @@ The file holds the weights and, in the safetensors metadata, the ``ModelConfig``
 ``load_student(path)`` rebuilds the exact architecture without any other file; optionally also the
 preprocessing of its training frames (``load_preprocessing``), so ``infer`` prepares videos the same way.
 (Resumable training state — optimizer, scheduler, step, RNG — is the training loop's checkpoint, not this
-file.)
+file.) :func:`load_adding_camera_encoder` starts a ``camera: tokens`` student from a ``camera: rays`` one's
+weights.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from videomamba_depth.errors import InputError
-from videomamba_depth.models.student import ModelConfig, VideoMambaDepth, build_student
+from videomamba_depth.models.checkpoint import CheckpointReport
+from videomamba_depth.models.student import (
+    CAMERA_ENCODER_PREFIX,
+    RAY_FILM_PREFIX,
+    ModelConfig,
+    VideoMambaDepth,
+    build_student,
+)
 from videomamba_depth.zarrio import atomic_file
 
 FORMAT = "videomamba_depth.student"
@@ -186,3 +195,56 @@ def state_mismatch(
         if items
     ]
     return "; ".join(problems) or None
+
+
+def load_adding_camera_encoder(
+    model: VideoMambaDepth, state: Mapping[str, Tensor], source: str
+) -> CheckpointReport:
+    """Load the state dict of a ``camera: rays`` student (no camera encoder) into a ``camera: tokens`` one.
+
+    The Depth Anything 3 recipe: a depth model without camera input gains a camera encoder, initialised
+    fresh, and is fine-tuned. Strict except for exactly the camera conditioning: every camera-encoder tensor
+    (``camera.*``) must be missing from ``state`` and keeps its fresh initialisation, every ray-FiLM tensor
+    (``rays.*``) is unused; any other missing, unexpected or mis-shaped tensor raises a
+    :class:`CheckpointError` (loading nothing). Both lists are printed to stderr, every name.
+
+    Returns:
+        The report (``missing``: the camera-encoder keys, ``unexpected``: the ray-FiLM keys).
+    """
+    if model.config.camera != "tokens":
+        raise ValueError(f"expected a camera: tokens student, got camera: {model.config.camera}")
+    target = model.state_dict()
+    report = CheckpointReport(
+        path=source,
+        loaded=tuple(k for k in state if k in target and state[k].shape == target[k].shape),
+        missing=tuple(k for k in target if k not in state),
+        unexpected=tuple(k for k in state if k not in target),
+        mismatched=tuple(
+            (k, tuple(state[k].shape), tuple(target[k].shape))
+            for k in state
+            if k in target and state[k].shape != target[k].shape
+        ),
+        remapped=0,
+    )
+    camera = tuple(k for k in target if k.startswith(CAMERA_ENCODER_PREFIX))
+    rays = tuple(k for k in state if k.startswith(RAY_FILM_PREFIX))
+    if report.missing != camera or report.unexpected != rays or report.mismatched:
+        problems = {
+            "missing": [k for k in report.missing if k not in camera],
+            "unexpected": [k for k in report.unexpected if k not in rays],
+            "of another shape": [k for k, _, _ in report.mismatched],
+            "camera-encoder tensors present": [k for k in camera if k in state],
+        }
+        raise CheckpointError(
+            f"{source}: only the camera encoder may be missing and only ray FiLMs unexpected when a "
+            "camera: tokens student starts from a camera: rays one; also "
+            + "; ".join(f"{title}: {', '.join(keys)}" for title, keys in problems.items() if keys)
+        )
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    print(
+        f"{source}: saved without a camera encoder (camera: rays); the {len(camera)} camera-encoder tensors "
+        f"keep their fresh initialisation: {', '.join(camera)}; the {len(rays)} ray-FiLM tensors are not "
+        f"used: {', '.join(rays)}",
+        file=sys.stderr,
+    )
+    return report

@@ -3,12 +3,15 @@
 Data flow for a clip ``rgb (B, N, 3, H, W)``, ``K (B, N, 3, 3)``:
 
 1. every frame, independently: normalise, pad to the encoder's multiple (``Encoder`` docstring), encode to
-   scales ``s4, s8, s16, s32`` (strides 4-32), FiLM each scale by its viewing rays (``rays.RayFiLM``);
+   scales ``s4, s8, s16, s32`` (strides 4-32), FiLM each scale by its viewing rays (``rays.RayFiLM``;
+   ``camera: rays``, the default) or, with ``camera: tokens`` (timm ViT encoders), encode with camera tokens
+   in the ViT's sequence (``camera_tokens.CameraEncoder``);
 2. at the temporal scales (default ``s16``, ``s32``): ``TemporalFeatureMixer`` (``SpatialPreMix`` -> one token
    per position -> ``TemporalMambaScale`` along time -> back), the only place frames interact, causally;
-3. every frame, independently: DPT-style fusion and head (``decoder.DepthDecoder``) -> canonical log depth
-   at stride 2 -> bilinear to the padded size -> crop to ``H x W`` -> ``+ log(f / f_c)`` (canonical focal
-   scaling, ``rays`` docstring) -> clamp to ``DEPTH_RANGE`` -> exp: metric z-depth in metres.
+3. every frame, independently: DPT-style fusion and head (``decoder.DepthDecoder``; output layer ``head``:
+   ``dpt`` or ZoeDepth's metric bins ``zoe_bins``) -> canonical log depth at stride 2 -> bilinear to the
+   padded size -> crop to ``H x W`` -> ``+ log(f / f_c)`` (canonical focal scaling, ``rays`` docstring) ->
+   clamp to ``DEPTH_RANGE`` -> exp: metric z-depth in metres.
 
 Because steps 1 and 3 are per frame and the temporal blocks are causal SSMs with carried states, ``forward``
 on a whole clip, ``forward`` on consecutive pieces with the returned states, and ``step`` frame by frame give
@@ -17,7 +20,8 @@ the same depths (fp32, up to float rounding; ``tests/test_models.py``). Only per
 
 A fresh model is a per-frame model: the temporal blocks' output projections and ``SpatialPreMix`` are
 zero-initialised (the SSM core makes a fresh mixer exactly the identity), and so are the ray FiLMs and the
-depth head's last conv, so it predicts ``init_depth * f / f_c`` everywhere.
+``dpt`` head's last conv, so it predicts ``init_depth * f / f_c`` everywhere (``zoe_bins``: the expectation
+over its freshly initialised bins instead).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, NamedTuple
 
 import torch
@@ -33,8 +38,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from videomamba_depth.config import StageConfig
+from videomamba_depth.models.bins import ATTRACTOR_TYPES, BIN_CENTERS_TYPES
+from videomamba_depth.models.camera_tokens import CameraEncoder
 from videomamba_depth.models.checkpoint import load_external_checkpoint
-from videomamba_depth.models.decoder import DepthDecoder
+from videomamba_depth.models.decoder import HEADS, DepthDecoder
 from videomamba_depth.models.encoders import ENCODERS, SCALES, CnnEncoder, TimmEncoder
 from videomamba_depth.models.rays import RayFiLM, canonical_log_scale, ray_features
 from videomamba_depth.models.states import StudentStates
@@ -60,11 +67,27 @@ SIZE_BOUNDS = {
     "expand": (1, 64),
     "headdim": (1, 8192),
     "ffn_mult": (1, 64),
+    "n_bins": (2, 1024),
+    "bin_embedding_dim": (1, 8192),
+    "n_attractors": (1, 1024),
+    "attractor_gamma": (1, 16),
+    "cam_tokens": (1, 256),
+    "cam_blocks": (0, 64),
+    "cam_token_inject_layer": (0, 1024),
 }
 
+# Camera conditioning variants (``ModelConfig.camera``): per-pixel ray FiLM, or camera tokens in a ViT; the
+# state-dict prefixes of their parameters, and the config fields that describe them.
+CAMERAS = ("rays", "tokens")
+RAY_FILM_PREFIX, CAMERA_ENCODER_PREFIX = "rays.", "camera."
+CAMERA_CONFIG_KEYS = ("camera", "ray_hidden", "cam_tokens", "cam_blocks", "cam_token_inject_layer")
+
 # Parameters never weight-decayed besides biases and norm weights (all 1-D): the SSM's decay rates, skip
-# and step-size biases (as in mamba_ssm's `_no_weight_decay`), and ViT token/position embeddings.
-NO_DECAY_NAMES = frozenset({"A_log", "D", "dt_bias", "pos_embed", "cls_token", "reg_token", "mask_token"})
+# and step-size biases (as in mamba_ssm's `_no_weight_decay`), ViT token/position embeddings and the camera
+# encoder's learned token queries.
+NO_DECAY_NAMES = frozenset(
+    {"A_log", "D", "dt_bias", "pos_embed", "cls_token", "reg_token", "mask_token", "queries"}
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +112,13 @@ class ModelConfig(StageConfig):
         canonical_focal: f_c in pixels: the network predicts depth as if the focal were f_c, the output is
             multiplied by f / f_c. About the median focal of the training frames (synthetic set at 224 px
             width: 112-270 px), so canonical depths are close to metric ones.
-        ray_hidden: hidden width of the ray-embedding MLP.
+        camera: how the network sees the intrinsics besides that scaling: ``rays`` (FiLM of every feature
+            cell by its viewing ray, ``rays.RayFiLM``) or ``tokens`` (camera tokens inside a timm ViT
+            encoder, ``camera_tokens``; rejected with the CNN encoder, which has no token sequence).
+        ray_hidden: rays: hidden width of the ray-embedding MLP.
+        cam_tokens, cam_blocks: tokens: camera tokens per frame, transformer blocks of the camera encoder.
+        cam_token_inject_layer: tokens: the ViT block before which the camera tokens join the sequence (at
+            most the last of ``timm_out_indices``, so they reach some feature).
     Temporal SSM (see ``videomamba_depth.ssm.TemporalMambaScale``):
         temporal_scales: scales with temporal mixing (subset of s4, s8, s16, s32; empty = per-frame model).
         temporal_blocks: Mamba blocks per temporal scale (same order).
@@ -100,7 +129,18 @@ class ModelConfig(StageConfig):
     Decoder:
         decoder_widths: fusion widths at strides 4, 8, 16, 32.
         head_width: channels of the head's stride-2 layer.
-        init_depth: depth in metres (at the canonical focal) predicted by a fresh model.
+        head: output layer: ``dpt`` (1x1 conv to log depth) or ``zoe_bins`` (ZoeDepth's metric bins,
+            ``bins`` module docstring).
+        init_depth: dpt: depth in metres (at the canonical focal) predicted by a fresh model.
+    Metric bins (``head: zoe_bins``; ZoeDepth's names, depths in metres at the canonical focal):
+        n_bins: bins per pixel.
+        bin_centers_type: ``normed`` (in ``[min_depth, max_depth]``), ``softplus`` (unbounded), ``hybrid1``
+            (normed seed, softplus attractors) or ``hybrid2`` (softplus seed, normed attractors).
+        min_depth, max_depth: the range of normed bins.
+        bin_embedding_dim: width of the bin embeddings and of the bin MLPs.
+        n_attractors: attractor points per decoder scale, coarse (s32) to fine (s4).
+        attractor_type, attractor_alpha, attractor_gamma: ``inv`` (``dx / (1 + alpha |dx|^gamma)``) or
+            ``exp`` (``exp(-alpha |dx|^gamma) dx``) attraction of the centres; larger alpha, weaker pull.
     """
 
     encoder: Literal["cnn", "timm"] = "cnn"
@@ -115,7 +155,11 @@ class ModelConfig(StageConfig):
     encoder_prefix_map: tuple[tuple[str, str], ...] = (("pretrained.", "backbone."),)
     freeze_encoder: bool = False
     canonical_focal: float = 170.0
+    camera: Literal["rays", "tokens"] = "rays"
     ray_hidden: int = 16
+    cam_tokens: int = 4
+    cam_blocks: int = 2
+    cam_token_inject_layer: int = 4
     temporal_scales: tuple[str, ...] = ("s16", "s32")
     temporal_blocks: tuple[int, ...] = (1, 2)
     d_state: int = 16
@@ -127,10 +171,28 @@ class ModelConfig(StageConfig):
     ssm_chunk_size: int | None = None
     decoder_widths: tuple[int, ...] = (32, 48, 64, 96)
     head_width: int = 16
+    head: Literal["dpt", "zoe_bins"] = "dpt"
     init_depth: float = 3.0
+    n_bins: int = 32
+    bin_centers_type: Literal["normed", "softplus", "hybrid1", "hybrid2"] = "softplus"
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    bin_embedding_dim: int = 32
+    n_attractors: tuple[int, ...] = (16, 8, 4, 1)
+    attractor_type: Literal["inv", "exp"] = "inv"
+    attractor_alpha: float = 1000.0
+    attractor_gamma: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("widths", "cnn_blocks", "decoder_widths"):
+        for name, value, allowed in (
+            ("head", self.head, tuple(HEADS)),
+            ("bin_centers_type", self.bin_centers_type, tuple(BIN_CENTERS_TYPES)),
+            ("attractor_type", self.attractor_type, ATTRACTOR_TYPES),
+            ("camera", self.camera, CAMERAS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        for name in ("widths", "cnn_blocks", "decoder_widths", "n_attractors"):
             value = getattr(self, name)
             if len(value) != len(SCALES):
                 raise ValueError(f"{name} needs one value per scale {list(SCALES)}, got {list(value)}")
@@ -166,6 +228,24 @@ class ModelConfig(StageConfig):
             raise ValueError(f"init_depth must be inside {DEPTH_RANGE} m, got {self.init_depth}")
         if self.ssm_chunk_size is not None and self.ssm_chunk_size < 1:
             raise ValueError(f"ssm_chunk_size must be >= 1 or null, got {self.ssm_chunk_size}")
+        if not DEPTH_RANGE[0] <= self.min_depth < self.max_depth <= DEPTH_RANGE[1]:
+            raise ValueError(
+                f"need {DEPTH_RANGE[0]} <= min_depth < max_depth <= {DEPTH_RANGE[1]} m, got "
+                f"{self.min_depth}, {self.max_depth}"
+            )
+        if not (math.isfinite(self.attractor_alpha) and self.attractor_alpha > 0):
+            raise ValueError(f"attractor_alpha must be a positive number, got {self.attractor_alpha}")
+        if self.camera == "tokens":
+            if self.encoder != "timm":
+                raise ValueError(
+                    "camera: tokens needs encoder: timm (a ViT); the CNN has no token sequence: use "
+                    "camera: rays"
+                )
+            if self.cam_token_inject_layer > max(self.timm_out_indices):
+                raise ValueError(
+                    f"cam_token_inject_layer {self.cam_token_inject_layer} is after the last feature block "
+                    f"{max(self.timm_out_indices)} (timm_out_indices): the tokens would reach no feature"
+                )
 
 
 class StudentOutput(NamedTuple):
@@ -195,12 +275,17 @@ class VideoMambaDepth(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = encoder
-        self.rays = nn.ModuleDict(
-            {name: RayFiLM(c, config.ray_hidden) for name, c in encoder.channels.items()}
-        )
+        # One of the two camera conditionings, under ``RAY_FILM_PREFIX`` or ``CAMERA_ENCODER_PREFIX``.
+        if config.camera == "rays":
+            self.rays = nn.ModuleDict(
+                {name: RayFiLM(c, config.ray_hidden) for name, c in encoder.channels.items()}
+            )
+        else:
+            self.camera = CameraEncoder(encoder.token_dim, config.cam_tokens, config.cam_blocks)
         self.temporal = _temporal_mixers(config, encoder.channels)
         self.decoder = DepthDecoder(
-            encoder.channels, config.decoder_widths, config.head_width, math.log(config.init_depth)
+            encoder.channels, config.decoder_widths, config.head_width,
+            partial(HEADS[config.head].from_config, config),
         )
         if config.freeze_encoder:
             self.encoder.backbone.requires_grad_(False)
@@ -288,12 +373,15 @@ class VideoMambaDepth(nn.Module):
             features[name], new_states[name] = mixer.step(features[name], carried[name])
         return self._depth(features, K, height, width), self._pack(new_states, batch, height, width)
 
-    def forward_frames(self, rgb: Tensor, K: Tensor) -> Tensor:
+    def forward_frames(self, rgb: Tensor, K: Tensor, has_K: Tensor | None = None) -> Tensor:
         """Depth of independent images with the temporal blocks bypassed (image pre-training, single images).
 
         Args:
             rgb: ``(F, 3, H, W)`` uint8 (0-255) or float in [0, 1]; any H, W.
-            K: ``(F, 3, 3)`` intrinsics in pixels of these images.
+            K: ``(F, 3, 3)`` intrinsics in pixels of these images (an assumed K where unknown: the canonical
+                focal scaling, and ``camera: rays``, use it as given).
+            has_K: ``(F,)`` bool, False where K is not the images' own (``camera: tokens`` then uses its
+                learned unknown-camera token); None: every K is known.
 
         Returns:
             ``(F, H, W)`` metric z-depth in metres, fp32. Equal to :meth:`forward` on one-frame clips as long
@@ -304,8 +392,10 @@ class VideoMambaDepth(nn.Module):
             raise ValueError(
                 f"expected rgb (F, 3, H, W) and K (F, 3, 3), got {tuple(rgb.shape)} and {tuple(K.shape)}"
             )
+        if has_K is not None and tuple(has_K.shape) != (rgb.shape[0],):
+            raise ValueError(f"expected has_K ({rgb.shape[0]},), got {tuple(has_K.shape)}")
         height, width = rgb.shape[-2:]
-        return self._depth(self._frame_features(rgb, K), K, height, width)
+        return self._depth(self._frame_features(rgb, K, has_K), K, height, width)
 
     def temporal_identity_violations(self) -> list[str]:
         """Temporal parameters that a fresh model zero-initialises (the last projection of every residual
@@ -352,9 +442,12 @@ class VideoMambaDepth(nn.Module):
             groups[key]["params"].append(param)
         return [{"name": key, **group} for key, group in groups.items() if group["params"]]
 
-    def _frame_features(self, frames: Tensor, K: Tensor) -> dict[str, Tensor]:
-        """Frames ``(F, 3, H, W)``, K ``(F, 3, 3)`` -> camera-conditioned ``{scale: (F, C, h, w)}``."""
+    def _frame_features(self, frames: Tensor, K: Tensor, has_K: Tensor | None = None) -> dict[str, Tensor]:
+        """Frames ``(F, 3, H, W)``, K ``(F, 3, 3)``, ``has_K`` ``(F,)`` or None (all known) ->
+        camera-conditioned ``{scale: (F, C, h, w)}``."""
         x = self.encoder.normalize_and_pad(frames)
+        if self.config.camera == "tokens":
+            return self.encoder(x, self.camera(K, has_K, (frames.shape[-2], frames.shape[-1])))
         padded = (x.shape[-2], x.shape[-1])
         features = self.encoder(x)
         return {

@@ -3,7 +3,8 @@
 The student is ``train.model`` run with :meth:`VideoMambaDepth.forward_frames`: encoder, camera
 conditioning, decoder and head; the temporal blocks are bypassed and frozen (no gradient, not in the
 optimizer), so they stay exactly the identity they were initialised as and ``train.init_from: pretrain``
-starts video training from this per-frame model. Samples without intrinsics get :func:`default_K`.
+starts video training from this per-frame model. Samples without intrinsics get :func:`default_K` (and,
+with ``camera: tokens``, the model's unknown-camera token: ``has_K`` is passed along).
 
 Outputs (``out_dir``, default ``data/pretrain``):
 
@@ -153,8 +154,8 @@ class _PerFrame(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, rgb: Tensor, K: Tensor) -> Tensor:
-        return self.model.forward_frames(rgb, K)
+    def forward(self, rgb: Tensor, K: Tensor, has_K: Tensor) -> Tensor:
+        return self.model.forward_frames(rgb, K, has_K)
 
 
 class _Pretrainer(ResumableRun):
@@ -279,19 +280,20 @@ class _Pretrainer(ResumableRun):
         )
 
     # ----------------------------------------------------------------------------------------------- steps
-    def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``rgb`` ``(B, 3, H, W)`` and ``K`` ``(B, 3, 3)`` on the device, :func:`default_K` filled in."""
+    def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``rgb`` ``(B, 3, H, W)``, ``K`` ``(B, 3, 3)`` (:func:`default_K` filled in) and ``has_K``
+        ``(B,)``, on the device."""
         rgb = batch["rgb"].to(self.ctx.device, non_blocking=True)
         K = with_default_K(batch["K"], batch["has_K"], *rgb.shape[-2:])
-        return rgb, K.to(self.ctx.device)
+        return rgb, K.to(self.ctx.device), batch["has_K"].to(self.ctx.device)
 
     def _train_step(self, net: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
         """One optimizer step on a batch of images; returns the loss terms (and ``total``, ``grad_norm``)."""
-        rgb, K = self._inputs(batch)
+        rgb, K, has_K = self._inputs(batch)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            depth = net(rgb, K)
+            depth = net(rgb, K, has_K)
         total, terms = self._loss(depth, {k: v.to(self.ctx.device) for k, v in batch.items()})
         total.backward()
         if self.config.grad_clip > 0:

@@ -37,7 +37,14 @@ from tqdm import tqdm
 from videomamba_depth.codehash import code_fingerprint
 from videomamba_depth.errors import InputError
 from videomamba_depth.losses import DistillationLoss
-from videomamba_depth.models import VideoMambaDepth, build_student, load_student, save_student
+from videomamba_depth.models import (
+    VideoMambaDepth,
+    build_student,
+    load_adding_camera_encoder,
+    load_student,
+    save_student,
+)
+from videomamba_depth.models.student import CAMERA_CONFIG_KEYS
 from videomamba_depth.provenance import file_sha256
 from videomamba_depth.training.checkpoint import load_state, rng_state, save_state, set_rng_state
 from videomamba_depth.training.config import TrainConfig
@@ -186,6 +193,10 @@ def init_from_pretrained(model: VideoMambaDepth, path: Path) -> str:
     """Load the pre-trained student ``path`` into ``model`` (strict: same architecture); returns the file's
     sha256 (part of the run identity, so new pre-trained weights never resume an old state).
 
+    One exception: a ``camera: tokens`` model may start from a ``camera: rays`` file. The camera fields may
+    then differ, and :func:`~videomamba_depth.models.io.load_adding_camera_encoder` loads everything else
+    strictly, reporting the camera-encoder tensors it leaves freshly initialised.
+
     The pre-training stage never trains the temporal blocks (it bypasses them), so they must still be the
     identity (:meth:`VideoMambaDepth.temporal_identity_violations`): video training then starts from exactly
     the per-frame model that was pre-trained. Anything else is an :class:`InputError` naming the file.
@@ -196,8 +207,10 @@ def init_from_pretrained(model: VideoMambaDepth, path: Path) -> str:
             "pretrain stage first (dvc repro pretrain) or set train.init_from: null"
         )
     pretrained = load_student(path)
+    adds_camera_encoder = model.config.camera == "tokens" and pretrained.config.camera == "rays"
+    free = INIT_FREE_KEYS + (CAMERA_CONFIG_KEYS if adds_camera_encoder else ())
     ours, theirs = model.config.to_dict(), pretrained.config.to_dict()
-    differ = sorted(k for k in ours if k not in INIT_FREE_KEYS and ours[k] != theirs.get(k))
+    differ = sorted(k for k in ours if k not in free and ours[k] != theirs.get(k))
     if differ:
         raise InputError(
             f"{path}: pre-trained with another architecture than train.model ({', '.join(differ)} differ); "
@@ -209,7 +222,10 @@ def init_from_pretrained(model: VideoMambaDepth, path: Path) -> str:
             f"{path}: its temporal blocks are not the identity ({len(violations)} zero-initialised tensors "
             f"are not zero, e.g. {violations[0]}): not a per-frame pre-trained model"
         )
-    model.load_state_dict(pretrained.state_dict(), strict=True)
+    if adds_camera_encoder:
+        load_adding_camera_encoder(model, pretrained.state_dict(), str(path))
+    else:
+        model.load_state_dict(pretrained.state_dict(), strict=True)
     return file_sha256(path)
 
 
