@@ -73,7 +73,8 @@ class PretrainConfig(StageConfig):
         ``freeze_encoder``, which is about video training (the default pipeline pre-trains everything, then
         fine-tunes on video with the encoder frozen).
     Optimisation: steps, batch_size (images per step per process), lr, encoder_lr_factor, weight_decay,
-        warmup_steps, min_lr_ratio, grad_clip, precision, device, threads, seed: as in ``train``.
+        warmup_steps, lr_schedule, min_lr_ratio, lr_step_size, lr_gamma, grad_clip, precision, device,
+        threads, seed: as in ``train``.
     Logging and checkpoints: log_every, val_every, image_every, checkpoint_every (steps; 0 disables images /
         periodic checkpoints; validation also runs after the last step), resume.
     """
@@ -90,7 +91,10 @@ class PretrainConfig(StageConfig):
     encoder_lr_factor: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 20
+    lr_schedule: Literal["cosine", "step"] = "cosine"
     min_lr_ratio: float = 0.05
+    lr_step_size: int = 1000
+    lr_gamma: float = 0.1
     grad_clip: float = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"

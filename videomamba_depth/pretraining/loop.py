@@ -65,9 +65,9 @@ from videomamba_depth.training.checkpoint import set_rng_state
 from videomamba_depth.training.distributed import Distributed, setup, teardown
 from videomamba_depth.training.loop import (
     ResumableRun,
+    build_optimizer,
     check_replicas_in_sync,
     cpu_threads,
-    learning_rate_factor,
     open_live,
 )
 from videomamba_depth.viz import colorize, robust_range
@@ -180,12 +180,7 @@ class _Pretrainer(ResumableRun):
         # Bypassed by forward_frames: frozen, so they stay the identity and are no parameter of the optimizer
         # (AdamW's weight decay would otherwise still move them).
         self.model.temporal.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: learning_rate_factor(step, config)
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, config)
         # Kept (disabled) so the state has the train stage's schema.
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
         use_bf16 = config.precision == "bf16" or (

@@ -1,4 +1,4 @@
-"""The training loop: chunked BPTT over clips, AdamW with warm-up + cosine, DVCLive, resumable checkpoints.
+"""The training loop: chunked BPTT over clips, AdamW with warm-up + decay, DVCLive, resumable checkpoints.
 
 Outputs (``out_dir``, default ``data/train``):
 
@@ -80,20 +80,50 @@ class TrainResult:
 
 
 class Schedule(Protocol):
-    """What :func:`learning_rate_factor` reads from a stage config (``train``, ``pretrain``)."""
+    """What :func:`learning_rate_factor` and :func:`build_optimizer` read from a stage config (``train``,
+    ``pretrain``)."""
 
     steps: int
+    lr: float
+    encoder_lr_factor: float
+    weight_decay: float
     warmup_steps: int
+    lr_schedule: str
     min_lr_ratio: float
+    lr_step_size: int
+    lr_gamma: float
 
 
 def learning_rate_factor(step: int, config: Schedule) -> float:
-    """Multiplier of the base learning rates at ``step``: linear warm-up, then cosine to ``min_lr_ratio``."""
+    """Multiplier of the base learning rates at ``step``: linear warm-up over ``warmup_steps``, then
+    ``cosine`` decay to ``min_lr_ratio`` at ``steps``, or ``step`` decay by ``lr_gamma`` every
+    ``lr_step_size`` steps after the warm-up."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "step":
+        return config.lr_gamma ** ((step - config.warmup_steps) // config.lr_step_size)
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def build_optimizer(
+    model: VideoMambaDepth, config: Schedule, extra: nn.Module | None = None
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``model``'s trainable parameters (:meth:`VideoMambaDepth.parameter_groups`: the encoder
+    backbone at ``lr * encoder_lr_factor``, no decay on biases and norms) and its :func:`learning_rate_factor`
+    schedule; the one optimizer of both training stages.
+
+    ``extra``: training-only modules (pretrain's feature projector) trained at ``lr`` with weight decay on
+    their weight matrices, in a group named ``extra``.
+    """
+    groups = model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
+    if extra is not None:
+        groups.append({"name": "extra", "params": list(extra.parameters()), "lr": config.lr,
+                       "weight_decay": config.weight_decay})
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    return optimizer, scheduler
 
 
 def rewind_dvclive(directory: Path, step: int) -> None:
@@ -320,12 +350,7 @@ class _Trainer(ResumableRun):
         if config.init_from == "pretrain":
             init_weights = init_from_pretrained(self.model, pretrained)
         self.model.to(context.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: learning_rate_factor(step, config)
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, config)
         # fp16 is not used (bf16 needs no loss scaling); the scaler is kept so checkpoints have one schema.
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
         self.clip_loss = DistillationLoss(config.loss)
