@@ -147,4 +147,6 @@ class TrainConfig(StageConfig):
 
     def single_frame_loss(self) -> LossConfig:
         """Loss of single-frame steps: the metric and SSI terms only (no temporal or extra spatial terms)."""
-        return dataclasses.replace(self.loss, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0)
+        return dataclasses.replace(
+            self.loss, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0, hdn=0.0, grad_preserve=0.0
+        )
