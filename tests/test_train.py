@@ -284,6 +284,15 @@ def test_train_writes_outputs_and_logs(project):
     assert all(torch.isfinite(t).all() for t in final.values())
 
 
+def test_train_with_the_normalised_objectives_and_a_step_schedule(project):
+    loss = {"hdn": 0.5, "grad_preserve": 0.5, "hdn_mode": "spatial", "hdn_levels": 2}
+    result = train(config(steps=2, val_every=2, image_every=0, checkpoint_every=0, lr_schedule="step",
+                          lr_step_size=1, lr_gamma=0.5, warmup_steps=0, loss=loss))
+    summary = json.loads((project / "data" / "train" / "dvclive" / "metrics.json").read_text())["train"]
+    assert summary["hdn"] > 0 and summary["grad_preserve"] > 0 and math.isfinite(result.best_metric)
+    assert summary["lr"] == pytest.approx(1e-3 * 0.25)
+
+
 def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypatch):
     cfg = config(steps=8, checkpoint_every=3, p_single_frame=0.3)
     uninterrupted = load_file(train(cfg, out_dir=project / "full").final)

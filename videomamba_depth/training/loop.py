@@ -278,6 +278,8 @@ class ResumableRun:
     best_metric: float
     running: dict[str, list[float]]
     run_identity: dict[str, Any]
+    # Training-only modules (pretrain's feature projector): kept in the state, never in a model file.
+    aux: nn.Module | None = None
 
     @property
     def _best_in_state(self) -> Path:
@@ -300,6 +302,8 @@ class ResumableRun:
                 self._discard_stale_outputs()
             return None
         self.model.load_state_dict(state["model"])
+        if self.aux is not None:
+            self.aux.load_state_dict(state["aux"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -324,6 +328,7 @@ class ResumableRun:
                 "run_identity": self.run_identity,
                 "config": self.config.to_dict(),
                 "model": self.model.state_dict(),
+                "aux": self.aux.state_dict() if self.aux is not None else {},
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
