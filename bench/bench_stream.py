@@ -49,7 +49,6 @@ from videomamba_depth.camera import ResizePad
 from videomamba_depth.config import load_section
 from videomamba_depth.inference import StreamingDepth
 from videomamba_depth.inference.intrinsics import unidepth_available
-from videomamba_depth.models import ModelConfig, build_student
 from videomamba_depth.prepare import resize_pad
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
 from videomamba_depth.teacher import TeacherConfig

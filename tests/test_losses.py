@@ -9,6 +9,8 @@ from videomamba_depth.config import ConfigError
 from videomamba_depth.losses import (
     DistillationLoss,
     LossConfig,
+    gradient_preservation_loss,
+    hdn_loss,
     metric_log_l1,
     multiscale_gradient_loss,
     scale_shift_lstsq,
@@ -39,6 +41,9 @@ TERMS = {
     "tgm": lambda p, t, v, c: temporal_gradient_matching(p, t, v, jump_threshold=10.0),
     "silog": lambda p, t, v, c: silog_loss(p, t, v),
     "grad": lambda p, t, v, c: multiscale_gradient_loss(p, t, v),
+    "hdn": lambda p, t, v, c: hdn_loss(p, t, v),
+    "hdn_spatial": lambda p, t, v, c: hdn_loss(p, t, v, mode="spatial"),
+    "grad_preserve": lambda p, t, v, c: gradient_preservation_loss(p, t, v),
 }
 
 
@@ -292,7 +297,8 @@ def full_inputs(N=3, seed=0):
 
 
 def test_distillation_loss_is_the_weighted_sum_of_its_terms():
-    cfg = LossConfig(metric_l1=1.0, ssi=0.5, tgm=2.0, state_smooth=0.1, silog=0.3, grad=0.25)
+    cfg = LossConfig(metric_l1=1.0, ssi=0.5, tgm=2.0, state_smooth=0.1, silog=0.3, grad=0.25, hdn=0.2,
+                     grad_preserve=0.4, hdn_levels=2, hdn_mode="spatial")
     inputs = full_inputs()
     total, terms = DistillationLoss(cfg)(**inputs)
     p, t, v, c = inputs["pred"], inputs["teacher"], inputs["valid"], inputs["confidence"]
@@ -305,6 +311,8 @@ def test_distillation_loss_is_the_weighted_sum_of_its_terms():
         "state_smooth": state_smoothing(inputs["states"], inputs["static"], moving_weight=0.1),
         "silog": silog_loss(p, t, v, lam=cfg.silog_lambda),
         "grad": multiscale_gradient_loss(p, t, v, scales=cfg.grad_scales),
+        "hdn": hdn_loss(p, t, v, levels=2, mode="spatial"),
+        "grad_preserve": gradient_preservation_loss(p, t, v, scales=cfg.grad_scales),
     }
     assert set(terms) == {*expected, "total"}
     for name, value in expected.items():
@@ -325,6 +333,8 @@ def test_zero_weight_terms_are_never_computed(monkeypatch):
         "state_smoothing",
         "silog_loss",
         "multiscale_gradient_loss",
+        "hdn_loss",
+        "gradient_preservation_loss",
     ):
         monkeypatch.setattr(distill_module, name, forbidden)
     cfg = LossConfig(metric_l1=1.0, ssi=0.0, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0)
@@ -370,3 +380,7 @@ def test_loss_config_validation():
         )
     with pytest.raises(ConfigError, match=r"ssi_trim must be in \[0, 1\)"):
         LossConfig.from_dict({"ssi_trim": 1.0}, "train.loss")
+    with pytest.raises(ConfigError, match=r"hdn_levels must be in \[1, 4\]"):
+        LossConfig.from_dict({"hdn_levels": 5}, "train.loss")
+    with pytest.raises(ConfigError, match=r"hdn_mode: 'grid' is not one of"):
+        LossConfig.from_dict({"hdn_mode": "grid"}, "train.loss")

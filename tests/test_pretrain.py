@@ -232,6 +232,109 @@ def test_config_rejects_unknown_keys_and_empty_mixtures(images):
         pretrain_config(images, datasets=[])
 
 
+# --- objectives and teachers ------------------------------------------------------------------------------
+
+NEW_TERMS = ("hdn", "grad_preserve", "shared_context", "local_global", "feature_align")
+
+
+def test_zero_weight_objectives_and_the_default_teacher_compute_nothing_new(images, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a term with weight 0 (or its crop view) was computed")
+
+    for name in ("hdn_loss", "gradient_preservation_loss", "local_global_loss", "feature_alignment_loss",
+                 "sample_boxes"):
+        monkeypatch.setattr(f"videomamba_depth.pretraining.loop.{name}", forbidden)
+    config = pretrain_config(images, steps=2, val_every=2, image_every=0, checkpoint_every=0)
+    out = tmp_path / "p"
+    pretrain(config, tiny_model_config(), PREPROCESSING, out)
+    logged = set(json.loads((out / "dvclive" / "metrics.json").read_text())["train"])
+    assert logged == {"total", "metric_l1", "ssi", "grad", "ranking", "grad_norm", "lr"}
+    assert torch.load(out / "state" / "state.pt", weights_only=True)["aux"] == {}  # no feature projector
+
+
+def test_pretrain_distils_a_bigger_student_with_every_objective_and_resumes(images, tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    big = build_student(ModelConfig.from_dict({**TINY_MODEL, "widths": [16, 16, 16, 16]}))
+    save_student(tmp_path / "big.safetensors", big, PREPROCESSING)
+    config = pretrain_config(
+        images, steps=3, val_every=3, image_every=0, checkpoint_every=1,
+        teacher=f"student:{tmp_path / 'big.safetensors'}", lr_schedule="step", lr_step_size=1, lr_gamma=0.5,
+        warmup_steps=0, encoder_lr_factor=0.5,
+        loss={**dict.fromkeys(NEW_TERMS, 0.5), "hdn_mode": "spatial", "hdn_levels": 2},
+    )
+    result = pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "full")
+    summary = json.loads((tmp_path / "full" / "dvclive" / "metrics.json").read_text())
+    assert set(NEW_TERMS) <= set(summary["train"])
+    assert all(np.isfinite(summary["train"][k]) for k in NEW_TERMS)
+    assert summary["train"]["lr"] == pytest.approx(1e-3 * 0.5**3)  # logged after 3 steps, 3 decays
+    assert np.isfinite(result.best_metric)
+    state = torch.load(tmp_path / "full" / "state" / "state.pt", weights_only=True)
+    lrs = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"]}
+    lr = 1.25e-4  # encoder at lr x encoder_lr_factor; the projector (extra) at lr
+    assert lrs == pytest.approx({"backbone": 0.5 * lr, "backbone_no_decay": 0.5 * lr, "main": lr,
+                                 "main_no_decay": lr, "extra": lr})
+    assert state["aux"]["weight"].shape == (16, 8, 1, 1)  # the projector, 8 student -> 16 teacher channels
+    assert state["run_identity"]["teacher_weights"] == hashlib.sha256(
+        (tmp_path / "big.safetensors").read_bytes()
+    ).hexdigest()
+
+    real_save = checkpoint_module.save_state
+
+    def save_then_crash(directory, state):
+        real_save(directory, state)
+        if state["step"] == 2:
+            raise KeyboardInterrupt("killed right after the step-2 checkpoint")
+
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed")
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
+    resumed = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed").latest)
+    uninterrupted = load_file(result.latest)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_pretrain_with_the_synthetic_teacher(images, tmp_path):
+    config = pretrain_config(
+        images, steps=2, val_every=2, image_every=0, checkpoint_every=0, teacher="synthetic",
+        teacher_settings={"synthetic_noise_std": 0.1},
+        loss={"hdn": 0.5, "grad_preserve": 0.5, "local_global": 0.5, "shared_context": 0.5},
+    )
+    result = pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "p")
+    summary = json.loads((tmp_path / "p" / "dvclive" / "metrics.json").read_text())["train"]
+    assert {"hdn", "grad_preserve", "local_global", "shared_context"} <= set(summary)
+    assert np.isfinite(result.best_metric)
+
+
+def test_pretrain_with_a_fake_unidepth_teacher(images, tmp_path, monkeypatch):
+    calls = []
+
+    class FakeUniDepth:  # UniDepthV2's interface: from_pretrained, infer(rgb 0-255, camera) -> dict
+        @classmethod
+        def from_pretrained(cls, weights):
+            return cls()
+
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+        def infer(self, rgb, camera=None):
+            calls.append(tuple(rgb.shape))
+            B, _, H, W = rgb.shape
+            return {"depth": torch.full((B, 1, H, W), 2.0), "confidence": torch.ones(B, 1, H, W),
+                    "intrinsics": camera.expand(B, 3, 3)}
+
+    monkeypatch.setattr("videomamba_depth.teacher.unidepth._import_unidepth", lambda: FakeUniDepth)
+    config = pretrain_config(images, steps=2, val_every=2, image_every=0, checkpoint_every=0,
+                             teacher="unidepth", teacher_settings={"device": "cpu"},
+                             loss={"local_global": 1.0})
+    pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "p")
+    # Per step: 3 images, each once whole and once as its crop view, one call each (K given).
+    assert len(calls) == 2 * 3 * 2 and all(shape[0] == 1 for shape in calls)
+
+
 # --- train.init_from -----------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from videomamba_depth.training import (
 )
 from videomamba_depth.training import checkpoint as checkpoint_module
 from videomamba_depth.training.distributed import Distributed
-from videomamba_depth.training.loop import _Trainer
+from videomamba_depth.training.loop import _Trainer, build_optimizer
 from videomamba_depth.zarrio import StoreError
 
 
@@ -168,6 +168,39 @@ def test_learning_rate_schedule():
     assert learning_rate_factor(100, cfg) == pytest.approx(0.1)
 
 
+def test_step_learning_rate_schedule():
+    cfg = replace(config(), steps=100, warmup_steps=10, lr_schedule="step", lr_step_size=30, lr_gamma=0.5)
+    assert learning_rate_factor(0, cfg) == pytest.approx(0.1)  # the same linear warm-up
+    assert learning_rate_factor(10, cfg) == 1.0
+    assert learning_rate_factor(39, cfg) == 1.0
+    assert learning_rate_factor(40, cfg) == 0.5  # one step_size after the warm-up
+    assert learning_rate_factor(70, cfg) == 0.25
+    assert learning_rate_factor(99, cfg) == 0.25
+    assert learning_rate_factor(100, cfg) == 0.125
+    with pytest.raises(ConfigError, match="lr_gamma must be in"):
+        config(lr_gamma=0.0)
+    with pytest.raises(ConfigError, match="lr_step_size must be >= 1"):
+        config(lr_step_size=0)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        config(lr_schedule="linear")
+
+
+def test_optimizer_scales_the_encoder_lr_and_follows_the_schedule():
+    model = build_student(config().model)
+    cfg = config(lr=1e-3, encoder_lr_factor=0.1, warmup_steps=0, lr_schedule="step", lr_step_size=2,
+                 lr_gamma=0.5)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({"backbone": 1e-4, "backbone_no_decay": 1e-4, "main": 1e-3,
+                                 "main_no_decay": 1e-3})
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
+        {name: lr / 2 for name, lr in lrs.items()}
+    )
+
+
 def test_config_rejects_unknown_and_inconsistent_keys():
     with pytest.raises(ConfigError, match=r"train\.model: unknown key\(s\) \['widht'\]"):
         TrainConfig.from_dict({"videos": ["a"], "model": {"widht": 3}}, "train")
@@ -249,6 +282,15 @@ def test_train_writes_outputs_and_logs(project):
     ]
     final = load_file(result.final)
     assert all(torch.isfinite(t).all() for t in final.values())
+
+
+def test_train_with_the_normalised_objectives_and_a_step_schedule(project):
+    loss = {"hdn": 0.5, "grad_preserve": 0.5, "hdn_mode": "spatial", "hdn_levels": 2}
+    result = train(config(steps=2, val_every=2, image_every=0, checkpoint_every=0, lr_schedule="step",
+                          lr_step_size=1, lr_gamma=0.5, warmup_steps=0, loss=loss))
+    summary = json.loads((project / "data" / "train" / "dvclive" / "metrics.json").read_text())["train"]
+    assert summary["hdn"] > 0 and summary["grad_preserve"] > 0 and math.isfinite(result.best_metric)
+    assert summary["lr"] == pytest.approx(1e-3 * 0.25)
 
 
 def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypatch):

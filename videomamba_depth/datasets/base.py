@@ -120,7 +120,9 @@ class ImageDepthDataset(Dataset):
 
     ``dataset[i]`` is a dict:
         ``rgb`` ``(3, H, W)`` uint8; ``depth`` ``(H, W)`` float32 metres, 0 where invalid; ``valid``
-        ``(H, W)`` bool; ``K`` ``(3, 3)`` float32 in pixels of the returned image, zeros when unknown;
+        ``(H, W)`` bool; ``image`` ``(H, W)`` bool, True on the image and False on its padding (where a
+        teacher's prediction means nothing); ``K`` ``(3, 3)`` float32 in pixels of the returned image, zeros
+        when unknown;
         ``has_K`` ``()`` bool; ``pairs`` ``(P, 5)`` float32 ``(u1, v1, u2, v2, closer)`` in returned-image
         pixels, ``closer`` = 1 when point 1 is the closer one, -1 otherwise (``(0, 5)`` for metric datasets).
 
@@ -209,6 +211,7 @@ class ImageDepthDataset(Dataset):
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
             "depth": torch.from_numpy(depth.astype(np.float32)),
             "valid": torch.from_numpy(valid),
+            "image": torch.from_numpy(geometry.valid_mask()),
             "K": torch.from_numpy(K.astype(np.float32)),
             "has_K": torch.tensor(has_K),
             "pairs": torch.from_numpy(pairs.astype(np.float32)),

@@ -111,7 +111,7 @@ def augment(
     out = dict(sample)
     width = out["rgb"].shape[-1]
     if flip:
-        for key in ("rgb", "depth", "valid"):
+        for key in ("rgb", "depth", "valid", "image"):
             out[key] = torch.flip(out[key], dims=(-1,))
         if bool(out["has_K"]):
             out["K"] = torch.from_numpy(flip_K(out["K"].numpy(), width).astype(np.float32))
@@ -126,8 +126,9 @@ def augment(
 def collate_images(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack samples into a batch.
 
-    ``rgb`` ``(B, 3, H, W)``, ``depth`` / ``valid`` ``(B, H, W)``: images of different sizes are zero-padded
-    on the right and bottom to the largest (``valid`` False there; ``K`` is unchanged by such padding).
+    ``rgb`` ``(B, 3, H, W)``, ``depth`` / ``valid`` / ``image`` ``(B, H, W)``: images of different sizes are
+    zero-padded on the right and bottom to the largest (``valid`` and ``image`` False there; ``K`` is
+    unchanged by such padding).
     ``pairs`` ``(B, P, 5)`` padded with zeros to the most pairs of a sample, ``pairs_valid`` ``(B, P)`` bool
     marks the real ones. Every other key is stacked as is.
     """
@@ -140,7 +141,7 @@ def collate_images(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
     batch = {}
     for key in samples[0]:
-        if key in ("rgb", "depth", "valid"):
+        if key in ("rgb", "depth", "valid", "image"):
             batch[key] = torch.stack([pad_image(s[key]) for s in samples])
         elif key == "pairs":
             batch[key] = torch.stack([F.pad(s[key], (0, 0, 0, num_pairs - s[key].shape[0])) for s in samples])

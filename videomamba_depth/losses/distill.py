@@ -15,15 +15,31 @@ import torch
 from torch import Tensor, nn
 
 from videomamba_depth.config import StageConfig
-from videomamba_depth.losses.spatial import metric_log_l1, multiscale_gradient_loss, silog_loss, ssi_loss
+from videomamba_depth.losses.spatial import (
+    HdnMode,
+    gradient_preservation_loss,
+    hdn_loss,
+    metric_log_l1,
+    multiscale_gradient_loss,
+    silog_loss,
+    ssi_loss,
+)
 from videomamba_depth.losses.temporal import state_smoothing, temporal_gradient_matching
 
 # The weight fields of LossConfig, in the order the terms are computed and logged.
-TERMS = ("metric_l1", "ssi", "tgm", "state_smooth", "silog", "grad")
+TERMS = ("metric_l1", "ssi", "tgm", "state_smooth", "silog", "grad", "hdn", "grad_preserve")
+
+# Largest hdn_levels: the groups are masks over every pixel, 2^L - 1 of them per frame by depth range and
+# (4^L - 1) / 3 on the spatial grid (85 at 4 levels), so memory grows fast with more.
+MAX_HDN_LEVELS = 4
 
 
 class WeightedTerms:
-    """What the loss configs (``train.loss``, ``pretrain.loss``) share. ``terms``: their weight fields."""
+    """What the loss configs (``train.loss``, ``pretrain.loss``) share. ``terms``: their weight fields.
+
+    Both also have the settings ``ssi_trim``, ``silog_lambda``, ``grad_scales``, ``hdn_levels`` and
+    ``hdn_mode``, checked by :meth:`check_settings`.
+    """
 
     terms: ClassVar[tuple[str, ...]]
 
@@ -35,6 +51,17 @@ class WeightedTerms:
                 raise ValueError(f"loss weight {name} must be finite and >= 0, got {weight}")
         if all(getattr(self, name) == 0 for name in self.terms):
             raise ValueError(f"all loss weights are 0 ({', '.join(self.terms)}): nothing to train")
+
+    def check_settings(self) -> None:
+        """``ValueError`` naming the setting unless the shared settings are in range."""
+        if not 0.0 <= self.ssi_trim < 1.0:
+            raise ValueError(f"ssi_trim must be in [0, 1), got {self.ssi_trim}")
+        if not 0.0 <= self.silog_lambda <= 1.0:
+            raise ValueError(f"silog_lambda must be in [0, 1], got {self.silog_lambda}")
+        if self.grad_scales < 1:
+            raise ValueError(f"grad_scales must be >= 1, got {self.grad_scales}")
+        if not 1 <= self.hdn_levels <= MAX_HDN_LEVELS:
+            raise ValueError(f"hdn_levels must be in [1, {MAX_HDN_LEVELS}], got {self.hdn_levels}")
 
     def weights(self) -> dict[str, float]:
         """Term name -> weight, for the terms with a non-zero weight."""
@@ -52,6 +79,9 @@ class LossConfig(StageConfig, WeightedTerms):
         state_smooth: ``||s_{t+1} - s_t||^2`` of the student's state summaries (:func:`state_smoothing`).
         silog: scale-invariant log loss (:func:`silog_loss`).
         grad: multi-scale gradient matching of the log-depth residual (:func:`multiscale_gradient_loss`).
+        hdn: hierarchical depth normalisation loss in disparity (:func:`hdn_loss`).
+        grad_preserve: gradient matching in median/MAD-normalised disparity
+            (:func:`gradient_preservation_loss`, over ``grad_scales`` scales).
     Settings:
         use_confidence: weight metric_l1 and ssi by the teacher's confidence.
         ssi_trim: fraction of the largest SSI residuals dropped per frame, in [0, 1).
@@ -59,7 +89,9 @@ class LossConfig(StageConfig, WeightedTerms):
         tgm_use_consistency: also drop TGM pixels that fail the flow stage's forward-backward check.
         state_moving_weight: state-smoothing weight of moving pixels, in [0, 1] (static pixels weigh 1).
         silog_lambda: SILog variance weight, in [0, 1].
-        grad_scales: number of scales of the gradient term (>= 1).
+        grad_scales: number of scales of the gradient terms (>= 1).
+        hdn_levels: levels of the hierarchical normalisation, in [1, ``MAX_HDN_LEVELS``] (1 = global).
+        hdn_mode: its groups: ``depth_range`` (quantile ranges of the teacher's depth) or ``spatial`` (grid).
     """
 
     terms = TERMS
@@ -70,6 +102,8 @@ class LossConfig(StageConfig, WeightedTerms):
     state_smooth: float = 0.01
     silog: float = 0.0
     grad: float = 0.5
+    hdn: float = 0.0
+    grad_preserve: float = 0.0
     use_confidence: bool = True
     ssi_trim: float = 0.2
     tgm_jump_threshold: float = 0.05
@@ -77,19 +111,16 @@ class LossConfig(StageConfig, WeightedTerms):
     state_moving_weight: float = 0.1
     silog_lambda: float = 0.85
     grad_scales: int = 4
+    hdn_levels: int = 3
+    hdn_mode: HdnMode = "depth_range"
 
     def __post_init__(self) -> None:
         self.check_weights()
-        if not 0.0 <= self.ssi_trim < 1.0:
-            raise ValueError(f"ssi_trim must be in [0, 1), got {self.ssi_trim}")
+        self.check_settings()
         if not self.tgm_jump_threshold > 0:
             raise ValueError(f"tgm_jump_threshold must be > 0, got {self.tgm_jump_threshold}")
         if not 0.0 <= self.state_moving_weight <= 1.0:
             raise ValueError(f"state_moving_weight must be in [0, 1], got {self.state_moving_weight}")
-        if not 0.0 <= self.silog_lambda <= 1.0:
-            raise ValueError(f"silog_lambda must be in [0, 1], got {self.silog_lambda}")
-        if self.grad_scales < 1:
-            raise ValueError(f"grad_scales must be >= 1, got {self.grad_scales}")
 
 
 class DistillationLoss(nn.Module):
@@ -151,6 +182,8 @@ class DistillationLoss(nn.Module):
             ),
             "silog": lambda: silog_loss(pred, teacher, valid, lam=cfg.silog_lambda),
             "grad": lambda: multiscale_gradient_loss(pred, teacher, valid, scales=cfg.grad_scales),
+            "hdn": lambda: hdn_loss(pred, teacher, valid, levels=cfg.hdn_levels, mode=cfg.hdn_mode),
+            "grad_preserve": lambda: gradient_preservation_loss(pred, teacher, valid, scales=cfg.grad_scales),
         }
         total = torch.zeros((), dtype=torch.float32, device=pred.device)
         terms: dict[str, Tensor] = {}

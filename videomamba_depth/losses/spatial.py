@@ -1,14 +1,18 @@
-"""Per-frame (spatial) loss terms of the distillation: metric log-L1, MiDaS SSI, SILog, multi-scale gradients.
+"""Per-frame (spatial) loss terms of the distillation: metric log-L1, MiDaS SSI, SILog, multi-scale gradients,
+hierarchical depth normalisation and gradient preservation in normalised disparity.
 
 All terms take batched videos ``(B, N, H, W)`` and treat each of the ``B * N`` frames alike, so they work for
 single-frame batches (``N == 1``) too. They return 0-dim fp32 tensors computed in an fp32 island.
 
 References: MiDaS (Ranftl et al., "Towards Robust Monocular Depth Estimation", TPAMI 2020) for the
 scale-and-shift-invariant loss and the multi-scale gradient matching term; Eigen et al. (NeurIPS 2014) for
-SILog.
+SILog; Zhang et al., "Hierarchical Normalization for Robust Monocular Depth Estimation" (NeurIPS 2022) and
+He et al., "Distill Any Depth" (2025) for the hierarchical normalisation and the gradient-preserving term.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -32,6 +36,15 @@ DEGENERATE_RELATIVE_VARIANCE = 1e-8
 # SILog = sqrt(D + eps) - sqrt(eps): exactly 0 at D = 0 and a finite gradient there (sqrt has none at 0);
 # the offset it adds elsewhere is below sqrt(eps) = 1e-6 log units.
 SILOG_EPS = 1e-12
+
+# Median/MAD normalisation: a group's spread (mean absolute deviation from its median) is floored at this
+# fraction of its |median| before dividing, so a constant group (a flat wall filling one depth range)
+# normalises to 0 instead of 0/0; fp32 resolves no relative variation much below that anyway.
+DEGENERATE_RELATIVE_SPREAD = 1e-6
+
+# Grouping of the hierarchical normalisation: depth_range = equal-count quantile ranges of the target's depth
+# (HDN's depth domain), spatial = a regular grid of the frame (its spatial domain).
+HdnMode = Literal["depth_range", "spatial"]
 
 
 def metric_log_l1(pred: Tensor, teacher: Tensor, valid: Tensor, confidence: Tensor | None = None) -> Tensor:
@@ -171,24 +184,154 @@ def multiscale_gradient_loss(pred: Tensor, teacher: Tensor, valid: Tensor, *, sc
     Returns:
         0-dim fp32 tensor in log units per pixel step.
     """
-    if scales < 1:
-        raise ValueError(f"gradient loss needs at least one scale, got {scales}")
     with fp32_island(pred.device):
         frames = "b n h w -> (b n) h w"
-        mask = rearrange(valid, frames)
         residual = rearrange(masked_log(pred, valid) - masked_log(teacher, valid), frames)
-        per_scale, used = [], []
-        for k in range(scales):
-            step = 2**k
-            r, m = residual[:, ::step, ::step], mask[:, ::step, ::step]
-            mx = (m[:, :, 1:] & m[:, :, :-1]).float()
-            my = (m[:, 1:, :] & m[:, :-1, :]).float()
-            gx = (r[:, :, 1:] - r[:, :, :-1]).abs()
-            gy = (r[:, 1:, :] - r[:, :-1, :]).abs()
-            pairs = mx.sum() + my.sum()
-            per_scale.append(((gx * mx).sum() + (gy * my).sum()) / pairs.clamp_min(1.0))
-            used.append((pairs > 0).float())
-        return masked_mean(torch.stack(per_scale), torch.stack(used))
+        return _gradient_matching(residual, rearrange(valid, frames), scales)
+
+
+def gradient_preservation_loss(pred: Tensor, target: Tensor, valid: Tensor, *, scales: int = 4) -> Tensor:
+    """Gradient-preserving term (Distill Any Depth): depth gradients matched in normalised disparity.
+
+    Each frame's disparities ``1 / pred`` and ``1 / target`` are normalised over its valid pixels to
+    ``(x - median) / mean|x - median|`` (the first level of :func:`hdn_loss`), and their residual gets the
+    multi-scale gradient matching of :func:`multiscale_gradient_loss`. So it is 0 whenever the prediction's
+    disparity is a positive affine map of the target's, and it asks for the target's edges and slopes at the
+    target's relative strength, whatever the prediction's metric scale.
+
+    Args:
+        pred, target: ``(B, N, H, W)`` depth, metres; valid: ``(B, N, H, W)`` bool.
+        scales: number of scales (>= 1).
+
+    Returns:
+        0-dim fp32 tensor, normalised disparity units per pixel step.
+    """
+    with fp32_island(pred.device):
+        height = pred.shape[-2]
+        mask = rearrange(valid, "b n h w -> (b n) 1 (h w)")  # one group per frame: its valid pixels
+        normalised = [
+            normalize_groups(rearrange(masked_reciprocal(x, valid), "b n h w -> (b n) (h w)"), mask)
+            for x in (pred, target)
+        ]
+        residual = rearrange(normalised[0] - normalised[1], "f 1 (h w) -> f h w", h=height)
+        return _gradient_matching(residual, rearrange(valid, "b n h w -> (b n) h w"), scales)
+
+
+def _gradient_matching(residual: Tensor, mask: Tensor, scales: int) -> Tensor:
+    """MiDaS multi-scale gradient matching of ``residual`` ``(F, H, W)`` over pixel pairs valid in ``mask``
+    ``(F, H, W)`` (see :func:`multiscale_gradient_loss`)."""
+    if scales < 1:
+        raise ValueError(f"gradient loss needs at least one scale, got {scales}")
+    per_scale, used = [], []
+    for k in range(scales):
+        step = 2**k
+        r, m = residual[:, ::step, ::step], mask[:, ::step, ::step]
+        mx = (m[:, :, 1:] & m[:, :, :-1]).float()
+        my = (m[:, 1:, :] & m[:, :-1, :]).float()
+        gx = (r[:, :, 1:] - r[:, :, :-1]).abs()
+        gy = (r[:, 1:, :] - r[:, :-1, :]).abs()
+        pairs = mx.sum() + my.sum()
+        per_scale.append(((gx * mx).sum() + (gy * my).sum()) / pairs.clamp_min(1.0))
+        used.append((pairs > 0).float())
+    return masked_mean(torch.stack(per_scale), torch.stack(used))
+
+
+def normalize_groups(x: Tensor, member: Tensor) -> Tensor:
+    """Median/MAD normalisation of ``x`` ``(F, P)`` within each group of pixels ``member`` ``(F, G, P)``.
+
+    Returns ``(F, G, P)``: ``(x - median) / mean|x - median|`` over the group's pixels (the lower median for
+    even counts, as ``torch.median``), 0 outside the group. Differentiable (through the sorted median and the
+    mean deviation). The spread is floored at ``DEGENERATE_RELATIVE_SPREAD * |median|``.
+    """
+    count = member.sum(-1, keepdim=True)  # (F, G, 1)
+    values = torch.where(member, x[:, None, :], torch.inf)  # the group's values sort first
+    median = values.sort(dim=-1).values.gather(-1, ((count - 1).clamp_min(0) // 2))
+    median = torch.where(count > 0, median, 0.0)  # empty groups: a finite placeholder, never used
+    centred = x[:, None, :] - median
+    spread = torch.where(member, centred.abs(), 0.0).sum(-1, keepdim=True) / count.clamp_min(1)
+    spread = spread.clamp_min(DEGENERATE_RELATIVE_SPREAD * median.abs()).clamp_min(EMPTY_DENOMINATOR)
+    return torch.where(member, centred / spread, 0.0)
+
+
+def hierarchy_groups(
+    target: Tensor, mask: Tensor, size: tuple[int, int], *, levels: int, mode: HdnMode
+) -> Tensor:
+    """The pixel groups of the hierarchical normalisation: level ``l = 1 .. levels`` splits each frame into
+    ``2^(l-1)`` groups (``depth_range``: equal-count ranges of ``target`` sorted, i.e. its quantile ranges,
+    ties broken by position) or ``2^(l-1) x 2^(l-1)`` grid cells (``spatial``). Level 1 is the whole frame.
+
+    Args:
+        target: ``(F, P)`` target values (their order is what counts; anything where ``mask`` is False).
+        mask: ``(F, P)`` bool, the valid pixels; ``P = H * W`` in row-major order.
+        size: ``(H, W)``.
+        levels: number of levels (>= 1).
+        mode: ``depth_range`` or ``spatial``.
+
+    Returns:
+        ``(F, G, P)`` bool membership of the valid pixels, ``G = 2^levels - 1`` (depth_range) or
+        ``(4^levels - 1) / 3`` (spatial) groups, coarsest level first.
+    """
+    if levels < 1:
+        raise ValueError(f"hierarchical normalisation needs at least one level, got {levels}")
+    if mode == "depth_range":
+        order = torch.where(mask, target, torch.inf).argsort(dim=-1, stable=True)
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device)
+                                               .expand_as(order))
+        count = mask.sum(-1, keepdim=True).clamp_min(1)
+        labels = [rank * 2**level // count for level in range(levels)]  # (F, P) group index at each level
+    elif mode == "spatial":
+        height, width = size
+        y = torch.arange(height, device=mask.device)[:, None]
+        x = torch.arange(width, device=mask.device)[None, :]
+        labels = [
+            rearrange((y * 2**level // height) * 2**level + x * 2**level // width, "h w -> 1 (h w)")
+            for level in range(levels)
+        ]
+    else:
+        raise ValueError(f"hierarchical normalisation mode must be depth_range or spatial, got {mode!r}")
+    groups = []
+    for level, label in enumerate(labels):
+        cells = 2**level if mode == "depth_range" else 4**level
+        index = torch.arange(cells, device=mask.device)[None, :, None]
+        groups.append((label[:, None, :] == index) & mask[:, None, :])
+    return torch.cat(groups, dim=1)
+
+
+def hdn_loss(
+    pred: Tensor, target: Tensor, valid: Tensor, *, levels: int = 3, mode: HdnMode = "depth_range"
+) -> Tensor:
+    """Hierarchical depth normalisation loss (HDN; Distill Any Depth's hybrid normalisation).
+
+    Disparities ``1 / pred`` and ``1 / target`` are normalised to ``(x - median) / mean|x - median|`` within
+    every group of :func:`hierarchy_groups` (by the target's depth ranges or a spatial grid, ``levels``
+    levels, the groups of a level made from the target only), and the loss is the mean ``|N(pred) -
+    N(target)|`` within each group, averaged over the groups (each non-empty group of every level and frame
+    counts once). Level 1 alone is the global median/MAD normalisation of Depth Anything (V1) and MiDaS.
+
+    Why disparity (as :func:`ssi_loss`): the ambiguity of relative depth is affine in disparity, and the far
+    field, where teachers are least reliable, weighs little. A prediction whose disparity is a positive affine
+    map of the target's within a group scores 0 in that group; one affine over the whole frame scores 0, and
+    the loss is invariant to a global positive scale of ``pred``. Finer levels re-normalise locally, so a
+    few noisy pixels in one depth range do not shift the targets of every other range.
+
+    Args:
+        pred, target: ``(B, N, H, W)`` depth, metres; valid: ``(B, N, H, W)`` bool.
+        levels: hierarchy levels (>= 1); ``depth_range`` has ``2^levels - 1`` groups per frame, ``spatial``
+            ``(4^levels - 1) / 3``, each a mask over the frame's pixels in memory.
+        mode: ``depth_range`` or ``spatial``.
+
+    Returns:
+        0-dim fp32 tensor (normalised disparity units), 0 when no pixel is valid.
+    """
+    with fp32_island(pred.device):
+        frames = "b n h w -> (b n) (h w)"
+        mask = rearrange(valid, frames)
+        p = rearrange(masked_reciprocal(pred, valid), frames)
+        t = rearrange(masked_reciprocal(target, valid), frames)
+        member = hierarchy_groups(t, mask, tuple(pred.shape[-2:]), levels=levels, mode=mode)
+        residual = (normalize_groups(p, member) - normalize_groups(t, member)).abs()
+        per_group = masked_mean(residual, member.float(), dim=-1)  # (F, G)
+        return masked_mean(per_group, (member.sum(-1) > 0).float())
 
 
 def pair_ranking_loss(pred: Tensor, pairs: Tensor, pairs_valid: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ Public API:
 - ``VideoMambaDepth``: ``init_states(batch, H, W)``, ``forward(rgb (B, N, 3, H, W), K (B, N, 3, 3), states)``
   -> ``StudentOutput(depth (B, N, H, W), states, summaries)``, ``step(rgb (B, 3, H, W), K (B, 3, 3), states)``
   -> ``(depth (B, H, W), states)``, ``forward_frames(rgb (F, 3, H, W), K (F, 3, 3), has_K (F,) | None)``
-  -> depth ``(F, H, W)``
-  (temporal blocks bypassed), ``temporal_identity_violations()``,
+  -> depth ``(F, H, W)`` (temporal blocks bypassed), ``forward_frames_with_features`` (also the per-scale
+  features), ``temporal_identity_violations()``,
   ``parameter_groups(lr, encoder_lr_factor, weight_decay)``, ``backends``.
 - ``StudentStates``: immutable per-scale SSM states with ``detach``, ``clone``, ``to``, ``reset``, ``nbytes``.
 - Encoders: ``ENCODERS`` (``cnn``, ``timm``), ``require_timm``.

@@ -388,6 +388,13 @@ class VideoMambaDepth(nn.Module):
             as the temporal mixers are the identity (a fresh model, or one whose temporal blocks were never
             trained: :meth:`temporal_identity_violations`); the temporal parameters get no gradient here.
         """
+        return self.forward_frames_with_features(rgb, K, has_K)[0]
+
+    def forward_frames_with_features(
+        self, rgb: Tensor, K: Tensor, has_K: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`forward_frames`, and the camera-conditioned features the decoder read: scale name ->
+        ``(F, C_s, h_s, w_s)`` (``encoder.channels`` channels; for feature distillation)."""
         if rgb.ndim != 4 or rgb.shape[1] != 3 or tuple(K.shape) != (rgb.shape[0], 3, 3):
             raise ValueError(
                 f"expected rgb (F, 3, H, W) and K (F, 3, 3), got {tuple(rgb.shape)} and {tuple(K.shape)}"
@@ -395,7 +402,8 @@ class VideoMambaDepth(nn.Module):
         if has_K is not None and tuple(has_K.shape) != (rgb.shape[0],):
             raise ValueError(f"expected has_K ({rgb.shape[0]},), got {tuple(has_K.shape)}")
         height, width = rgb.shape[-2:]
-        return self._depth(self._frame_features(rgb, K, has_K), K, height, width)
+        features = self._frame_features(rgb, K, has_K)
+        return self._depth(features, K, height, width), features
 
     def temporal_identity_violations(self) -> list[str]:
         """Temporal parameters that a fresh model zero-initialises (the last projection of every residual

@@ -4,7 +4,10 @@ The student is ``train.model`` run with :meth:`VideoMambaDepth.forward_frames`: 
 conditioning, decoder and head; the temporal blocks are bypassed and frozen (no gradient, not in the
 optimizer), so they stay exactly the identity they were initialised as and ``train.init_from: pretrain``
 starts video training from this per-frame model. Samples without intrinsics get :func:`default_K` (and,
-with ``camera: tokens``, the model's unknown-camera token: ``has_K`` is passed along).
+with ``camera: tokens``, the model's unknown-camera token: ``has_K`` is passed along). The loss compares it
+with ground truth or with a frozen image teacher's predictions (``pretrain.teacher``: :mod:`.teachers`); the
+cross-context terms add one crop view per image, which the student sees in the same forward pass as the
+whole images (one DDP forward per step).
 
 Outputs (``out_dir``, default ``data/pretrain``):
 
@@ -53,22 +56,28 @@ from videomamba_depth.datasets import (
 )
 from videomamba_depth.inference.intrinsics import DEFAULT_HFOV_DEG, K_from_hfov
 from videomamba_depth.losses import (
+    feature_alignment_loss,
+    gradient_preservation_loss,
+    hdn_loss,
+    local_global_loss,
     metric_log_l1,
     multiscale_gradient_loss,
     pair_ranking_loss,
+    sample_boxes,
     silog_loss,
     ssi_loss,
 )
 from videomamba_depth.metrics.depth import frame_metrics
 from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student, save_student
 from videomamba_depth.pretraining.config import PretrainConfig
+from videomamba_depth.pretraining.teachers import WHOLE_VIEW, View, build_image_teacher
 from videomamba_depth.training.checkpoint import set_rng_state
 from videomamba_depth.training.distributed import Distributed, setup, teardown
 from videomamba_depth.training.loop import (
     ResumableRun,
+    build_optimizer,
     check_replicas_in_sync,
     cpu_threads,
-    learning_rate_factor,
     open_live,
 )
 from videomamba_depth.viz import colorize, robust_range
@@ -80,6 +89,8 @@ EPOCHS_DIR = "epochs"
 BEST_METRIC = "val/abs_rel"
 # Validation metrics logged (``metrics.depth.frame_metrics`` names), as val/<name>.
 VAL_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "delta1", "delta2", "delta3")
+# Seed purpose of the crop boxes: they are drawn from (seed, _CROPS, step, rank), a pure function of the step.
+_CROPS = 4
 
 
 @dataclass(frozen=True)
@@ -147,15 +158,19 @@ def pretrain(
 
 
 class _PerFrame(nn.Module):
-    """``forward`` = the student's :meth:`~VideoMambaDepth.forward_frames`, so DDP (which hooks ``forward``)
-    synchronises its gradients."""
+    """``forward`` = the student's :meth:`~VideoMambaDepth.forward_frames`, and with a ``projector`` (the
+    feature-alignment head, trained with the student) its features at ``scale`` projected by it, so DDP
+    (which hooks ``forward``) synchronises the gradients of both."""
 
-    def __init__(self, model: VideoMambaDepth) -> None:
+    def __init__(self, model: VideoMambaDepth, projector: nn.Module | None, scale: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.projector, self.scale = model, projector, scale
 
-    def forward(self, rgb: Tensor, K: Tensor, has_K: Tensor) -> Tensor:
-        return self.model.forward_frames(rgb, K, has_K)
+    def forward(self, rgb: Tensor, K: Tensor, has_K: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.projector is None:
+            return self.model.forward_frames(rgb, K, has_K), None
+        depth, features = self.model.forward_frames_with_features(rgb, K, has_K)
+        return depth, self.projector(features[self.scale])
 
 
 class _Pretrainer(ResumableRun):
@@ -181,12 +196,11 @@ class _Pretrainer(ResumableRun):
         # Bypassed by forward_frames: frozen, so they stay the identity and are no parameter of the optimizer
         # (AdamW's weight decay would otherwise still move them).
         self.model.temporal.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: learning_rate_factor(step, config)
-        )
+        self.teacher = build_image_teacher(config, context.device)
+        if config.loss.feature_align > 0:  # a 1x1 convolution from the student's features to the teacher's
+            channels = self.model.encoder.channels[config.loss.feature_align_scale]
+            self.aux = nn.Conv2d(channels, self.teacher.channels, 1).to(context.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, config, self.aux)
         # Kept (disabled) so the state has the train stage's schema.
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
         use_bf16 = config.precision == "bf16" or (
@@ -205,6 +219,7 @@ class _Pretrainer(ResumableRun):
             "world_size": context.world_size,
             "code": code_fingerprint(__name__),
             "data": data_fingerprint(self.train_sets + self.val_sets),
+            "teacher_weights": self.teacher.identity(),
         }
 
     # ------------------------------------------------------------------------------------------------ run
@@ -217,7 +232,7 @@ class _Pretrainer(ResumableRun):
             random.seed(cfg.seed + ctx.rank)
         else:
             set_rng_state(rng, ctx.device)
-        net: nn.Module = _PerFrame(self.model)
+        net: nn.Module = _PerFrame(self.model, self.aux, cfg.loss.feature_align_scale)
         if ctx.world_size > 1:
             net = DistributedDataParallel(
                 net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
@@ -289,35 +304,82 @@ class _Pretrainer(ResumableRun):
 
     def _train_step(self, net: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
         """One optimizer step on a batch of images; returns the loss terms (and ``total``, ``grad_norm``)."""
+        seeds = tuple((d, i, WHOLE_VIEW) for d, i in zip(batch["dataset"].tolist(), batch["index"].tolist(),
+                                                          strict=True))
         rgb, K, has_K = self._inputs(batch)
+        batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
+        view = View(rgb, K, batch["depth"], batch["valid"], batch["image"], seeds)
+        crop = boxes = None
+        if self.config.loss.uses_crops:
+            rng = np.random.default_rng([self.config.seed, _CROPS, self.step, self.ctx.rank])
+            boxes = sample_boxes(rng, len(rgb), tuple(rgb.shape[-2:]), self.config.loss.crop_fraction)
+            crop = view.crop(boxes)
+        # The student sees the crop views (when the shared-context term needs its prediction there) in the
+        # same forward pass as the whole images: the model is per image, and DDP wants one forward per step.
+        with_crops = self.config.loss.shared_context > 0
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            depth = net(rgb, K, has_K)
-        total, terms = self._loss(depth, {k: v.to(self.ctx.device) for k, v in batch.items()})
+            if with_crops:
+                # A crop view's K is its image's K (known or assumed) zoomed, so it shares the image's has_K.
+                depth, features = net(torch.cat([rgb, crop.rgb]), torch.cat([K, crop.K]),
+                                      torch.cat([has_K, has_K]))
+            else:
+                depth, features = net(rgb, K, has_K)
+        total, terms = self._loss(depth, features, batch, view, crop, boxes)
         total.backward()
         if self.config.grad_clip > 0:
-            terms["grad_norm"] = float(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            )
+            parameters = [*self.model.parameters(), *(self.aux.parameters() if self.aux is not None else ())]
+            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
         return terms
 
-    def _loss(self, depth: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Weighted sum of the enabled terms for ``depth`` ``(B, H, W)`` against the batch's ground truth."""
+    def _loss(
+        self,
+        depth: Tensor,
+        features: Tensor | None,
+        batch: dict[str, Tensor],
+        view: View,
+        crop: View | None,
+        boxes: Tensor | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Weighted sum of the enabled terms.
+
+        Args:
+            depth: ``(B, H, W)`` student depth on the images, then ``(B, H, W)`` more on the crop views when
+                the shared-context term is on.
+            features: ``(B [+ B], C, h, w)`` projected student features (feature alignment), or None.
+            batch: the batch on the device (``pairs`` and ``pairs_valid`` for the ranking term).
+            view: the images; crop, boxes: their crop views and boxes ``(B, 4)`` (cross-context terms).
+        """
         cfg = self.config.loss
+        weights = cfg.weights()
+        size = len(view.rgb)
+        with torch.no_grad(), self._autocast():
+            target = self.teacher(view, features="feature_align" in weights)
+            crop_target = self.teacher(crop) if crop is not None else None
         # The spatial terms take videos (B, N, H, W): every image is a one-frame clip.
-        pred, gt, valid = depth[:, None], batch["depth"][:, None], batch["valid"][:, None]
+        pred, gt, valid = depth[:size, None], target.depth[:, None], target.valid[:, None]
         compute = {
             "metric_l1": lambda: metric_log_l1(pred, gt, valid),
             "ssi": lambda: ssi_loss(pred, gt, valid, trim=cfg.ssi_trim),
             "grad": lambda: multiscale_gradient_loss(pred, gt, valid, scales=cfg.grad_scales),
             "silog": lambda: silog_loss(pred, gt, valid, lam=cfg.silog_lambda),
-            "ranking": lambda: pair_ranking_loss(depth, batch["pairs"], batch["pairs_valid"]),
+            "ranking": lambda: pair_ranking_loss(depth[:size], batch["pairs"], batch["pairs_valid"]),
+            "hdn": lambda: hdn_loss(pred, gt, valid, levels=cfg.hdn_levels, mode=cfg.hdn_mode),
+            "grad_preserve": lambda: gradient_preservation_loss(pred, gt, valid, scales=cfg.grad_scales),
+            "shared_context": lambda: hdn_loss(
+                depth[size:, None], crop_target.depth[:, None], crop_target.valid[:, None],
+                levels=cfg.hdn_levels, mode=cfg.hdn_mode,
+            ),
+            "local_global": lambda: local_global_loss(
+                depth[:size], boxes, crop_target.depth, crop_target.valid, trim=cfg.ssi_trim
+            ),
+            "feature_align": lambda: feature_alignment_loss(features[:size], target.features),
         }
-        values = {name: compute[name]() for name in cfg.weights()}
-        total = sum(weight * values[name] for name, weight in cfg.weights().items())
+        values = {name: compute[name]() for name in weights}
+        total = sum(weight * values[name] for name, weight in weights.items())
         logged = {name: float(v.detach()) for name, v in values.items()}
         return total, {"total": float(total.detach()), **logged}
 

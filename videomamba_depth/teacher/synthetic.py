@@ -129,27 +129,53 @@ class SyntheticTeacher(Teacher):
 
     def _corrupt(self, gt: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One frame: ground truth ``(h, w)`` -> (depth, confidence, K_pred)."""
-        c = self.cfg
-        rng = np.random.default_rng([c.seed, self._video_hash, _STREAM_FRAME, t])
-        log_scale = c.synthetic_scale_jitter * rng.standard_normal() + c.synthetic_scale_drift * np.sin(
-            2 * np.pi * t / c.synthetic_drift_period + self._drift_phase
-        )
-        p = c.synthetic_noise_persistence
-        fresh = smooth_field(rng, *gt.shape, c.synthetic_noise_scale)
-        noise = c.synthetic_noise_std * (np.sqrt(p) * self._static_field + np.sqrt(1 - p) * fresh)
-        depth = gt * np.exp(noise + log_scale, dtype=np.float32)
-        edge_err = np.zeros_like(depth)
-        if c.synthetic_edge_width > 0:
-            band = depth_edge_band(gt, c.synthetic_edge_threshold, c.synthetic_edge_width)
-            blurred = cv2.GaussianBlur(depth, (0, 0), c.synthetic_edge_width, borderType=cv2.BORDER_REFLECT)
-            weight = band * (c.synthetic_edge_mix * rng.uniform())
-            edged = (1 - weight) * depth + weight * blurred
-            with np.errstate(divide="ignore", invalid="ignore"):
-                edge_err = np.nan_to_num(np.abs(np.log(edged / depth)), nan=0.0, posinf=0.0)
-            depth = edged
-        confidence = np.exp(-(np.abs(noise) + edge_err) / c.synthetic_confidence_scale)
-        K_pred = self._K[t].copy()
-        focal = np.exp(c.synthetic_focal_error * rng.standard_normal())
-        K_pred[0, 0] *= focal  # a per-frame network errs on the field of view: fx and fy together
-        K_pred[1, 1] *= focal
-        return depth.astype(np.float32), confidence.astype(np.float32), K_pred
+        rng = np.random.default_rng([self.cfg.seed, self._video_hash, _STREAM_FRAME, t])
+        return corrupt_frame(gt, self._K[t], self.cfg, rng, self._static_field, self._drift_phase, t)
+
+
+def corrupt_frame(
+    gt: np.ndarray,
+    K: np.ndarray,
+    c: TeacherConfig,
+    rng: np.random.Generator,
+    static_field: np.ndarray,
+    drift_phase: float,
+    t: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame ``t`` of a video: ground truth ``(h, w)`` and its K ``(3, 3)`` -> (depth, confidence, K_pred),
+    steps 1-5 of the module docstring with the frame's draws from ``rng``; ``static_field`` ``(h, w)`` and
+    ``drift_phase`` are the video's own (its persistent noise field and phi)."""
+    log_scale = c.synthetic_scale_jitter * rng.standard_normal() + c.synthetic_scale_drift * np.sin(
+        2 * np.pi * t / c.synthetic_drift_period + drift_phase
+    )
+    p = c.synthetic_noise_persistence
+    fresh = smooth_field(rng, *gt.shape, c.synthetic_noise_scale)
+    noise = c.synthetic_noise_std * (np.sqrt(p) * static_field + np.sqrt(1 - p) * fresh)
+    depth = gt * np.exp(noise + log_scale, dtype=np.float32)
+    edge_err = np.zeros_like(depth)
+    if c.synthetic_edge_width > 0:
+        band = depth_edge_band(gt, c.synthetic_edge_threshold, c.synthetic_edge_width)
+        blurred = cv2.GaussianBlur(depth, (0, 0), c.synthetic_edge_width, borderType=cv2.BORDER_REFLECT)
+        weight = band * (c.synthetic_edge_mix * rng.uniform())
+        edged = (1 - weight) * depth + weight * blurred
+        with np.errstate(divide="ignore", invalid="ignore"):
+            edge_err = np.nan_to_num(np.abs(np.log(edged / depth)), nan=0.0, posinf=0.0)
+        depth = edged
+    confidence = np.exp(-(np.abs(noise) + edge_err) / c.synthetic_confidence_scale)
+    K_pred = np.array(K, dtype=np.float64, copy=True)
+    focal = np.exp(c.synthetic_focal_error * rng.standard_normal())
+    K_pred[0, 0] *= focal  # a per-frame network errs on the field of view: fx and fy together
+    K_pred[1, 1] *= focal
+    return depth.astype(np.float32), confidence.astype(np.float32), K_pred
+
+
+def corrupt_image(
+    gt: np.ndarray, K: np.ndarray, c: TeacherConfig, entropy: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A single image as frame 0 of a one-frame video of its own: its drift phase and persistent field, then
+    :func:`corrupt_frame`, all drawn from ``np.random.default_rng([c.seed, *entropy])``; ``entropy`` names
+    the image (the same entropy gives the same corruption, as a network's prediction of the same image)."""
+    rng = np.random.default_rng([c.seed, *entropy])
+    drift_phase = rng.uniform(0, 2 * np.pi)
+    static_field = smooth_field(rng, *gt.shape, c.synthetic_noise_scale)
+    return corrupt_frame(gt, K, c, rng, static_field, drift_phase, 0)

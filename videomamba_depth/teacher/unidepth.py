@@ -84,8 +84,14 @@ class UniDepthTeacher(Teacher):
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig, video: VideoContext) -> UniDepthTeacher:
+        return cls.load(cfg, "teacher.device")
+
+    @classmethod
+    def load(cls, cfg: TeacherConfig, device_param: str) -> UniDepthTeacher:
+        """UniDepthV2 with ``cfg``'s ``weights`` and ``resolution_level`` on ``cfg.device`` (named
+        ``device_param`` in errors); it needs no video, so image pre-training uses it too."""
         UniDepthV2 = _import_unidepth()
-        device = str(resolve_device(cfg.device, "teacher.device"))
+        device = str(resolve_device(cfg.device, device_param))
         model = UniDepthV2.from_pretrained(cfg.weights)
         # infer() reads these attributes: the processed image area is the resolution_level-th tenth of the
         # training range (0.2-0.6 MP for the ViT models); outputs are resampled back bilinearly.

@@ -19,7 +19,8 @@ NON_SEMANTIC_KEYS = ("resume", "num_workers", "log_every", "threads")
 def check_loop_settings(config: Any, positive: Sequence[str], non_negative: Sequence[str]) -> None:
     """The range checks the ``train`` and ``pretrain`` sections share (``ValueError`` naming the key): the
     ``positive`` (>= 1) and ``non_negative`` counts, then ``hflip``, ``color_jitter``, ``lr``,
-    ``encoder_lr_factor``, ``weight_decay``, ``min_lr_ratio`` and ``grad_clip``."""
+    ``encoder_lr_factor``, ``weight_decay``, ``min_lr_ratio``, ``lr_step_size``, ``lr_gamma`` and
+    ``grad_clip``."""
     for name in positive:
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -34,6 +35,10 @@ def check_loop_settings(config: Any, positive: Sequence[str], non_negative: Sequ
         raise ValueError("need lr > 0, encoder_lr_factor >= 0 and weight_decay >= 0")
     if not 0.0 <= config.min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
+    if config.lr_step_size < 1:
+        raise ValueError(f"lr_step_size must be >= 1, got {config.lr_step_size}")
+    if not 0.0 < config.lr_gamma <= 1.0:
+        raise ValueError(f"lr_gamma must be in (0, 1], got {config.lr_gamma}")
     if config.grad_clip < 0:
         raise ValueError(f"grad_clip must be >= 0, got {config.grad_clip}")
 
@@ -58,7 +63,9 @@ class TrainConfig(StageConfig):
         steps: optimizer steps (a fixed count, never a timer, so runs are reproducible).
         chunk_size: truncated-BPTT chunk length: states are carried between chunks and detached.
         lr, encoder_lr_factor, weight_decay: AdamW; the encoder backbone gets ``lr * encoder_lr_factor``.
-        warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
+        lr_schedule: after a linear warm-up of ``warmup_steps``, ``cosine`` decay to ``lr * min_lr_ratio``
+            at the last step, or ``step`` decay: ``lr * lr_gamma ** k`` after ``k * lr_step_size`` steps
+            (:func:`~videomamba_depth.training.loop.learning_rate_factor`).
         grad_clip: max global gradient norm (0 = no clipping).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -88,7 +95,10 @@ class TrainConfig(StageConfig):
     encoder_lr_factor: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 30
+    lr_schedule: Literal["cosine", "step"] = "cosine"
     min_lr_ratio: float = 0.05
+    lr_step_size: int = 1000
+    lr_gamma: float = 0.1
     grad_clip: float = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -137,4 +147,6 @@ class TrainConfig(StageConfig):
 
     def single_frame_loss(self) -> LossConfig:
         """Loss of single-frame steps: the metric and SSI terms only (no temporal or extra spatial terms)."""
-        return dataclasses.replace(self.loss, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0)
+        return dataclasses.replace(
+            self.loss, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0, hdn=0.0, grad_preserve=0.0
+        )

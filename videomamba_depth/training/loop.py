@@ -1,4 +1,4 @@
-"""The training loop: chunked BPTT over clips, AdamW with warm-up + cosine, DVCLive, resumable checkpoints.
+"""The training loop: chunked BPTT over clips, AdamW with warm-up + decay, DVCLive, resumable checkpoints.
 
 Outputs (``out_dir``, default ``data/train``):
 
@@ -87,20 +87,50 @@ class TrainResult:
 
 
 class Schedule(Protocol):
-    """What :func:`learning_rate_factor` reads from a stage config (``train``, ``pretrain``)."""
+    """What :func:`learning_rate_factor` and :func:`build_optimizer` read from a stage config (``train``,
+    ``pretrain``)."""
 
     steps: int
+    lr: float
+    encoder_lr_factor: float
+    weight_decay: float
     warmup_steps: int
+    lr_schedule: str
     min_lr_ratio: float
+    lr_step_size: int
+    lr_gamma: float
 
 
 def learning_rate_factor(step: int, config: Schedule) -> float:
-    """Multiplier of the base learning rates at ``step``: linear warm-up, then cosine to ``min_lr_ratio``."""
+    """Multiplier of the base learning rates at ``step``: linear warm-up over ``warmup_steps``, then
+    ``cosine`` decay to ``min_lr_ratio`` at ``steps``, or ``step`` decay by ``lr_gamma`` every
+    ``lr_step_size`` steps after the warm-up."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "step":
+        return config.lr_gamma ** ((step - config.warmup_steps) // config.lr_step_size)
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def build_optimizer(
+    model: VideoMambaDepth, config: Schedule, extra: nn.Module | None = None
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``model``'s trainable parameters (:meth:`VideoMambaDepth.parameter_groups`: the encoder
+    backbone at ``lr * encoder_lr_factor``, no decay on biases and norms) and its :func:`learning_rate_factor`
+    schedule; the one optimizer of both training stages.
+
+    ``extra``: training-only modules (pretrain's feature projector) trained at ``lr`` with weight decay on
+    their weight matrices, in a group named ``extra``.
+    """
+    groups = model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
+    if extra is not None:
+        groups.append({"name": "extra", "params": list(extra.parameters()), "lr": config.lr,
+                       "weight_decay": config.weight_decay})
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    return optimizer, scheduler
 
 
 def rewind_dvclive(directory: Path, step: int) -> None:
@@ -264,6 +294,8 @@ class ResumableRun:
     best_metric: float
     running: dict[str, list[float]]
     run_identity: dict[str, Any]
+    # Training-only modules (pretrain's feature projector): kept in the state, never in a model file.
+    aux: nn.Module | None = None
 
     @property
     def _best_in_state(self) -> Path:
@@ -286,6 +318,8 @@ class ResumableRun:
                 self._discard_stale_outputs()
             return None
         self.model.load_state_dict(state["model"])
+        if self.aux is not None:
+            self.aux.load_state_dict(state["aux"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -310,6 +344,7 @@ class ResumableRun:
                 "run_identity": self.run_identity,
                 "config": self.config.to_dict(),
                 "model": self.model.state_dict(),
+                "aux": self.aux.state_dict() if self.aux is not None else {},
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
@@ -336,12 +371,7 @@ class _Trainer(ResumableRun):
         if config.init_from == "pretrain":
             init_weights = init_from_pretrained(self.model, pretrained)
         self.model.to(context.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: learning_rate_factor(step, config)
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, config)
         # fp16 is not used (bf16 needs no loss scaling); the scaler is kept so checkpoints have one schema.
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
         self.clip_loss = DistillationLoss(config.loss)
