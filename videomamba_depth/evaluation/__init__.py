@@ -1,7 +1,13 @@
 """The ``evaluate`` stage: teacher vs streaming student vs per-frame student on held-out videos."""
 
 from videomamba_depth.evaluation.data import EvalVideo, load_eval_video
-from videomamba_depth.evaluation.pipeline import METHODS, EvaluateConfig, evaluate
+from videomamba_depth.evaluation.pipeline import (
+    HEADLINE_ALIGNMENT,
+    METHODS,
+    EvaluateConfig,
+    evaluate,
+    predict_video,
+)
 from videomamba_depth.evaluation.scoring import (
     DEPTH_METRICS,
     REGION_METRICS,
@@ -14,6 +20,7 @@ from videomamba_depth.evaluation.scoring import (
 
 __all__ = [
     "DEPTH_METRICS",
+    "HEADLINE_ALIGNMENT",
     "METHODS",
     "REGIONS",
     "REGION_METRICS",
@@ -24,5 +31,6 @@ __all__ = [
     "ScoreSettings",
     "evaluate",
     "load_eval_video",
+    "predict_video",
     "score",
 ]

@@ -179,9 +179,9 @@ def evaluate(
             )
             depths = {
                 "teacher": video.teacher,
-                "student_stream": _predict(streaming, video, "streaming"),
-                "student_reset": _predict(per_frame, video, "per-frame"),
-                "student_untrained": _predict(untrained, video, "untrained"),
+                "student_stream": predict_video(streaming, video, "streaming"),
+                "student_reset": predict_video(per_frame, video, "per-frame"),
+                "student_untrained": predict_video(untrained, video, "untrained"),
             }
             results[name] = _score_video(video, depths, config)
             if streaming.anchor is not None:
@@ -202,8 +202,9 @@ def evaluate(
     return metrics
 
 
-def _predict(predictor: StreamingDepth, video: EvalVideo, what: str) -> np.ndarray:
-    """Depth ``(T, H, W)`` of the video, one frame at a time through ``predictor`` (reset first)."""
+def predict_video(predictor: StreamingDepth, video: EvalVideo, what: str) -> np.ndarray:
+    """Depth ``(T, H, W)`` of the video, one frame at a time through ``predictor`` (reset first); ``what``
+    names the pass in the progress bar."""
     predictor.reset()
     out = np.empty(video.teacher.shape, np.float32)
     for t in tqdm(range(video.num_frames), desc=f"evaluate {video.name} ({what})", unit="frame",
