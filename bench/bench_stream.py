@@ -1,25 +1,26 @@
 """Streaming inference benchmark: fps and peak memory over video length, and student vs teacher cost.
 
-1. Streaming: 100, 1,000 and 10,000 frames through the one streaming predictor
-   (``inference.StreamingDepth``, default ``ModelConfig`` with randomised temporal blocks, as
-   ``bench_model``) and into a sharded Zarr depth store (``zarrio.TimeWriter``), each length in its own
+1. Streaming: 100, 2,000 and 10,000 frames through the one streaming predictor
+   (``inference.StreamingDepth``, the default student: params.yaml's ``train.model`` with randomised
+   temporal blocks) and into a sharded Zarr depth store (``zarrio.TimeWriter``), each length in its own
    process so its peak RSS is its own. Frames are generated on the fly cheaply: a pool of ``POOL`` frames of
-   one synthetic room is rendered once (``synth.render_frames``, 256 x 192, prepared to 224 x 168 with the
-   prepare stage's ``resize_pad``), and frame ``t`` is pool frame ``t % POOL`` rolled right by
-   ``t // POOL`` pixels, so no two cycles repeat. RSS is sampled with psutil every 20 ms. Memory rises
-   while the first output shard fills (``TimeWriter`` buffers one whole shard, up to 64 MiB raw, before
-   compressing and writing it), then must stay flat: the slope of peak RSS over the lengths of at least one
-   shard (least squares, MiB per 1,000 frames) and the slope of RSS within the longest run after its first
-   shard show whether memory grows with length.
-2. Per-frame cost, batch 1, each model at its own working resolution: the student ``step`` on the 224 x 168
-   prepared frame vs the teacher on that frame. UniDepthV2 resizes every image to 0.2-0.6 MP
-   (``teacher.resolution_level`` in params.yaml; 518 x 392 at level 0 for 4:3), so the teacher is timed
-   there: UniDepthV2 itself when the ``unidepth`` package is installed; otherwise a PROXY with random
-   weights: the ViT/14 encoder of the configured ``teacher.weights`` (vits14: width 384, depth 12, 6 heads;
-   vitb14; vitl14; plain ``torch.nn``), which is only the teacher's backbone (UniDepthV2 adds a decoder and
-   camera module, so the real ratio is larger). For the end-to-end ``infer`` numbers see ``bench_infer``.
+   one synthetic room is rendered once (``synth.render_frames``, 256 x 192, prepared at params.yaml's
+   ``prepare`` geometry, 128 x 96 by default, with the prepare stage's ``resize_pad``), and frame ``t`` is
+   pool frame ``t % POOL`` rolled right by ``t // POOL`` pixels, so no two cycles repeat. RSS is sampled with
+   psutil every 20 ms. Memory rises while the first output shard fills (``TimeWriter`` buffers one whole
+   shard, up to 64 MiB raw, before compressing and writing it), then must stay flat: the slope of peak RSS
+   over the lengths of at least one shard (least squares, MiB per 1,000 frames) and the slope of RSS within
+   the longest run after its first shard show whether memory grows with length.
+2. Per-frame cost, batch 1, each model at its own working resolution, calls alternated (medians): the
+   student ``step`` on the prepared frame vs the teacher on that frame. UniDepthV2 resizes every image to
+   0.2-0.6 MP (``teacher.resolution_level`` in params.yaml; 518 x 392 at level 0 for 4:3), so the teacher
+   is timed there: UniDepthV2 itself when the ``unidepth`` package is installed; otherwise a PROXY with
+   random weights: the ViT/14 encoder of the configured ``teacher.weights`` (vits14: width 384, depth 12, 6
+   heads; vitb14; vitl14; plain ``torch.nn``), which is only the teacher's backbone (UniDepthV2 adds a
+   decoder and camera module, so the real ratio is larger). For the end-to-end ``infer`` numbers see
+   ``bench_infer``.
 
-Run: ``python -m bench.bench_stream`` (a few minutes; ``--lengths 100 1000`` for a quick look). Results:
+Run: ``python -m bench.bench_stream`` (a few minutes; ``--lengths 100 2000`` for a quick look). Results:
 bench/results/bench_stream.{json,md}.
 """
 
@@ -44,7 +45,7 @@ import psutil
 import torch
 from torch import nn
 
-from bench.common import call_seconds, default_preprocessing, default_student, write_results
+from bench.common import default_preprocessing, default_student, write_results
 from videomamba_depth.camera import ResizePad
 from videomamba_depth.config import load_section
 from videomamba_depth.inference import StreamingDepth
@@ -54,10 +55,10 @@ from videomamba_depth.synth import SynthConfig, render_frames, sample_scene
 from videomamba_depth.teacher import TeacherConfig
 from videomamba_depth.zarrio import TimeWriter, create_time_array, writing_store
 
-LENGTHS = (100, 1_000, 10_000)
+LENGTHS = (100, 2_000, 10_000)  # two of them past the first output shard (1,024 frames at 128 x 96)
 POOL = 24  # rendered frames cycled to make any length
 SAMPLE_S = 0.02  # RSS sampling period
-COST_FRAMES = 30  # timed frames for the per-frame cost comparison (after 5 warm-up frames)
+COST_PAIRS = 15  # timed student/teacher call pairs of the per-frame cost comparison (after 3 warm-up pairs)
 
 
 def frame_pool() -> tuple[np.ndarray, np.ndarray, ResizePad]:
@@ -164,9 +165,21 @@ class ViTProxy(nn.Module):
         return self.norm(self.blocks(x))
 
 
-def median_ms(fn: Callable[[], object], frames: int = COST_FRAMES) -> float:
-    """Median wall time of ``frames`` calls after 5 warm-up calls, milliseconds."""
-    return 1e3 * statistics.median(call_seconds(fn, frames, warm_up=5))
+def interleaved_medians(student: Callable[[], object], teacher: Callable[[], object]) -> dict[str, float]:
+    """Median wall and CPU times (ms; CPU = this process's user + system time over all its threads) of
+    ``student`` and ``teacher`` calls made alternately, ``COST_PAIRS`` of each after 3 warm-up pairs: a
+    change in machine load during the run hits both sides alike."""
+    wall: dict[str, list[float]] = {"student": [], "teacher": []}
+    cpu: dict[str, list[float]] = {"student": [], "teacher": []}
+    for i in range(COST_PAIRS + 3):
+        for name, fn in (("student", student), ("teacher", teacher)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            if i >= 3:
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return {f"{name}_{kind}_ms": 1e3 * statistics.median(values[name])
+            for kind, values in (("wall", wall), ("cpu", cpu)) for name in ("student", "teacher")}
 
 
 def per_frame_cost() -> dict:
@@ -175,7 +188,10 @@ def per_frame_cost() -> dict:
     height, width = pool.shape[1:3]
     predictor = StreamingDepth(default_student())
     frames = iter(range(10**9))
-    student_ms = median_ms(lambda: predictor(synthetic_frame(pool, next(frames)), K))
+
+    def student_step() -> None:
+        predictor(synthetic_frame(pool, next(frames)), K)
+
     teacher_cfg = load_section(TeacherConfig, "teacher")
     teacher_size = teacher_input_size(width, height, teacher_cfg.resolution_level)
     if unidepth_available():
@@ -184,7 +200,7 @@ def per_frame_cost() -> dict:
         cfg = TeacherConfig(**{**teacher_cfg.to_dict(), "backend": "unidepth", "device": "cpu"})
         teacher = UniDepthTeacher.from_config(cfg, None)
         teacher_name = f"UniDepthV2 ({teacher.weights}), resizes internally"
-        teacher_ms = median_ms(lambda: teacher.predict(pool[:1], K[None], np.arange(1)))
+        times = interleaved_medians(student_step, lambda: teacher.predict(pool[:1], K[None], np.arange(1)))
     else:
         match = re.search(r"vit[sbl]14", teacher_cfg.weights)
         if match is None:
@@ -199,10 +215,11 @@ def per_frame_cost() -> dict:
                         "(unidepth not installed; the real teacher adds a decoder and camera module, so it "
                         "costs more)")
         with torch.inference_mode():
-            teacher_ms = median_ms(lambda: vit(x), frames=COST_FRAMES // 3)
+            times = interleaved_medians(student_step, lambda: vit(x))
     return {"student_resolution": [width, height], "teacher_resolution": list(teacher_size),
-            "student_step_ms": student_ms, "teacher": teacher_name, "teacher_ms": teacher_ms,
-            "teacher_over_student": teacher_ms / student_ms}
+            "threads": torch.get_num_threads(), "teacher": teacher_name, **times,
+            "teacher_over_student_wall": times["teacher_wall_ms"] / times["student_wall_ms"],
+            "teacher_over_student_cpu": times["teacher_cpu_ms"] / times["student_cpu_ms"]}
 
 
 def main() -> None:
@@ -231,7 +248,12 @@ def main() -> None:
     longest = max(runs, key=lambda r: r["frames"])
     curve = np.array([p for p in longest["rss_every_100_frames_mib"] if p[0] > shard])
     within = float(np.polyfit(curve[:, 0] / 1000.0, curve[:, 1], 1)[0]) if len(curve) > 1 else float("nan")
-    cost = per_frame_cost()
+    # Cost = CPU time with one thread each (no thread spin-waits for work); latency also at --threads.
+    costs = []
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        costs.append(per_frame_cost())
+    cost = costs[0]
     result = {
         "torch": torch.__version__,
         "threads": args.threads,
@@ -240,7 +262,7 @@ def main() -> None:
         "runs": runs,
         "peak_rss_slope_mib_per_1000_frames": slope,
         "rss_slope_within_longest_mib_per_1000_frames": within,
-        "per_frame_cost": cost,
+        "per_frame_cost": costs,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     width, height = cost["student_resolution"]
@@ -261,11 +283,20 @@ def main() -> None:
         f"within the {longest['frames']:,}-frame run after its first shard: {within:+.2f} MiB per 1,000 "
         "frames.",
         "",
-        f"Per-frame cost, batch 1 (median), each at its own working resolution: student step at "
-        f"{width} x {height} {cost['student_step_ms']:.1f} ms; teacher at "
-        f"{cost['teacher_resolution'][0]} x {cost['teacher_resolution'][1]} {cost['teacher_ms']:.1f} ms "
-        f"({cost['teacher']}); the student is {cost['teacher_over_student']:.0f}x cheaper per frame "
-        "(goal: >= 50x).",
+        f"Per-frame cost, batch 1, calls alternated (medians), each model at its own working resolution: "
+        f"student step at {width} x {height}, teacher at {cost['teacher_resolution'][0]} x "
+        f"{cost['teacher_resolution'][1]} ({cost['teacher']}).",
+        "",
+        "| torch threads | student wall (ms) | student CPU (ms) | teacher wall (ms) | teacher CPU (ms) | "
+        "teacher / student, CPU | teacher / student, wall |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {c['threads']} | {c['student_wall_ms']:.1f} | {c['student_cpu_ms']:.1f} | "
+          f"{c['teacher_wall_ms']:.1f} | {c['teacher_cpu_ms']:.1f} | {c['teacher_over_student_cpu']:.0f}x | "
+          f"{c['teacher_over_student_wall']:.0f}x |" for c in costs),
+        "",
+        f"The cost per frame (CPU time, one thread each) is {cost['teacher_over_student_cpu']:.0f}x lower "
+        "for the student (goal: >= 50x). With more threads the student's CPU time includes OpenMP threads "
+        "spin-waiting: its step is too small to keep them busy.",
         "",
     ]
     write_results("bench_stream", result, "\n".join(md))
