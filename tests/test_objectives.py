@@ -2,6 +2,7 @@
 feature alignment) and the image teachers of pre-training: known answers on tiny synthetic tensors."""
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -246,38 +247,51 @@ def test_crop_view_zooms_images_targets_and_intrinsics():
     assert crop.rgb.dtype == torch.uint8 and crop.K[1, 0, 0] == 28.0
 
 
+class FakeImageUniDepth:
+    """UniDepthV2's interface as the image teachers use it (``from_pretrained``, ``to``, ``eval``,
+    ``infer(rgb 0-255, camera) -> dict``): depth 2.5 m everywhere but NaN at pixel (0, 0) (a failed pixel);
+    records the weights it was loaded from and every call's ``(rgb shape, camera)``."""
+
+    weights: ClassVar[str | None] = None
+    calls: ClassVar[list[tuple[tuple[int, ...], torch.Tensor | None]]] = []
+
+    @classmethod
+    def from_pretrained(cls, weights):
+        cls.weights = weights
+        return cls()
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def infer(self, rgb, camera=None):
+        self.calls.append((tuple(rgb.shape), camera))
+        B, _, H, W = rgb.shape
+        depth = torch.full((B, 1, H, W), 2.5)
+        depth[:, :, 0, 0] = math.nan
+        return {"depth": depth, "confidence": torch.ones(B, 1, H, W),
+                "intrinsics": torch.eye(3).expand(B, 3, 3)}
+
+
+def use_fake_image_unidepth(monkeypatch) -> type[FakeImageUniDepth]:
+    """Make ``_import_unidepth`` return :class:`FakeImageUniDepth`, with its records emptied."""
+    FakeImageUniDepth.weights, FakeImageUniDepth.calls = None, []
+    monkeypatch.setattr("videomamba_depth.teacher.unidepth._import_unidepth", lambda: FakeImageUniDepth)
+    return FakeImageUniDepth
+
+
 def test_unidepth_teacher_is_a_guarded_import_and_runs_a_fake(monkeypatch):
     with pytest.raises(MissingDependencyError, match="pip install"):
         build_image_teacher(config(teacher="unidepth"), torch.device("cpu"))
-    seen = {}
-
-    class FakeUniDepth:
-        @classmethod
-        def from_pretrained(cls, weights):
-            seen["weights"] = weights
-            return cls()
-
-        def to(self, device):
-            return self
-
-        def eval(self):
-            return self
-
-        def infer(self, rgb, camera=None):
-            seen.setdefault("cameras", []).append(camera)
-            B, _, H, W = rgb.shape
-            depth = torch.full((B, 1, H, W), 2.5)
-            depth[:, :, 0, 0] = math.nan  # a failed pixel
-            return {"depth": depth, "confidence": torch.ones(B, 1, H, W),
-                    "intrinsics": torch.eye(3).expand(B, 3, 3)}
-
-    monkeypatch.setattr("videomamba_depth.teacher.unidepth._import_unidepth", lambda: FakeUniDepth)
+    fake = use_fake_image_unidepth(monkeypatch)
     settings = {"weights": "w/x", "device": "cpu"}
     teacher = build_image_teacher(config(teacher="unidepth", teacher_settings=settings), torch.device("cpu"))
     view = image_view()
     target = teacher(view)
-    assert seen["weights"] == "w/x" and len(seen["cameras"]) == 2  # one call per image with its K
-    torch.testing.assert_close(seen["cameras"][1][0], view.K[1])
+    assert fake.weights == "w/x" and len(fake.calls) == 2  # one call per image with its K
+    torch.testing.assert_close(fake.calls[1][1][0], view.K[1])
     assert torch.equal(target.valid[:, 1:], view.image[:, 1:])  # the image, not its padding
     assert not target.valid[:, 0, 0].any() and (target.depth[target.valid] == 2.5).all()
 

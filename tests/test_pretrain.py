@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from training_fixtures import TINY_MODEL, tiny_model_config, write_training_video
+from test_objectives import use_fake_image_unidepth
+from training_fixtures import TINY_MODEL, killed_after_checkpoint, tiny_model_config, write_training_video
 
 from videomamba_depth.camera import make_K
 from videomamba_depth.config import ConfigError
@@ -32,7 +33,6 @@ from videomamba_depth.synth.images import SynthImagesConfig, write_synth_images
 from videomamba_depth.synth.render import Renderer
 from videomamba_depth.synth.scene import SynthConfig, sample_scene
 from videomamba_depth.training import TrainConfig, train
-from videomamba_depth.training import checkpoint as checkpoint_module
 from videomamba_depth.training.loop import init_from_pretrained
 
 PREPROCESSING = {"long_edge": 56, "pad_multiple": 14}
@@ -206,18 +206,9 @@ def test_pretrain_trains_the_model_variants(images, tmp_path, variant):
 def test_pretrain_resumes_to_the_uninterrupted_weights(images, tmp_path, monkeypatch):
     config = pretrain_config(images, color_jitter=0.3, hflip=0.5)
     uninterrupted = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "full").latest)
-    real_save = checkpoint_module.save_state
-
-    def save_then_crash(directory, state):
-        real_save(directory, state)
-        if state["step"] == 2:
-            raise KeyboardInterrupt("killed right after the step-2 checkpoint")
-
-    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "model_best.safetensors").exists()
-    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
     resumed = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed").latest)
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
@@ -278,17 +269,8 @@ def test_pretrain_distils_a_bigger_student_with_every_objective_and_resumes(imag
         (tmp_path / "big.safetensors").read_bytes()
     ).hexdigest()
 
-    real_save = checkpoint_module.save_state
-
-    def save_then_crash(directory, state):
-        real_save(directory, state)
-        if state["step"] == 2:
-            raise KeyboardInterrupt("killed right after the step-2 checkpoint")
-
-    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed")
-    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
     resumed = load_file(pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "resumed").latest)
     uninterrupted = load_file(result.latest)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
@@ -307,32 +289,13 @@ def test_pretrain_with_the_synthetic_teacher(images, tmp_path):
 
 
 def test_pretrain_with_a_fake_unidepth_teacher(images, tmp_path, monkeypatch):
-    calls = []
-
-    class FakeUniDepth:  # UniDepthV2's interface: from_pretrained, infer(rgb 0-255, camera) -> dict
-        @classmethod
-        def from_pretrained(cls, weights):
-            return cls()
-
-        def to(self, device):
-            return self
-
-        def eval(self):
-            return self
-
-        def infer(self, rgb, camera=None):
-            calls.append(tuple(rgb.shape))
-            B, _, H, W = rgb.shape
-            return {"depth": torch.full((B, 1, H, W), 2.0), "confidence": torch.ones(B, 1, H, W),
-                    "intrinsics": camera.expand(B, 3, 3)}
-
-    monkeypatch.setattr("videomamba_depth.teacher.unidepth._import_unidepth", lambda: FakeUniDepth)
+    fake = use_fake_image_unidepth(monkeypatch)
     config = pretrain_config(images, steps=2, val_every=2, image_every=0, checkpoint_every=0,
                              teacher="unidepth", teacher_settings={"device": "cpu"},
                              loss={"local_global": 1.0})
     pretrain(config, tiny_model_config(), PREPROCESSING, tmp_path / "p")
     # Per step: 3 images, each once whole and once as its crop view, one call each (K given).
-    assert len(calls) == 2 * 3 * 2 and all(shape[0] == 1 for shape in calls)
+    assert len(fake.calls) == 2 * 3 * 2 and all(shape[0] == 1 for shape, _ in fake.calls)
 
 
 # --- train.init_from -----------------------------------------------------------------------------------

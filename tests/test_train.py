@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from training_fixtures import TINY_MODEL, write_training_video
+from training_fixtures import TINY_MODEL, killed_after_checkpoint, write_training_video
 
 from videomamba_depth.config import ConfigError
 from videomamba_depth.models import build_student
@@ -297,18 +297,9 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypa
     cfg = config(steps=8, checkpoint_every=3, p_single_frame=0.3)
     uninterrupted = load_file(train(cfg, out_dir=project / "full").final)
 
-    real_save = checkpoint_module.save_state
-
-    def save_then_crash(directory, state):
-        real_save(directory, state)
-        if state["step"] == 3:
-            raise KeyboardInterrupt("killed right after the step-3 checkpoint")
-
-    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train(cfg, out_dir=project / "resumed")
     assert not (project / "resumed" / "model_final.safetensors").exists()
-    monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
     resumed = load_file(train(cfg, out_dir=project / "resumed").final)
     assert resumed.keys() == uninterrupted.keys()
     for name in resumed:

@@ -1,12 +1,15 @@
 """Tiny prepared / teacher / flow stores in the pipeline's schemas, and a tiny student config, for training
 and evaluation tests."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from videomamba_depth.camera import make_K
 from videomamba_depth.models import ModelConfig
+from videomamba_depth.training import checkpoint as checkpoint_module
 from videomamba_depth.zarrio import create_static_array, create_time_array, writing_store
 
 TINY_MODEL = {
@@ -23,6 +26,24 @@ TINY_MODEL = {
 
 def tiny_model_config() -> ModelConfig:
     return ModelConfig.from_dict(TINY_MODEL, "model")
+
+
+@contextmanager
+def killed_after_checkpoint(monkeypatch, step: int) -> Iterator[None]:
+    """Inside the block, training's resumable-state save raises ``KeyboardInterrupt`` right after writing
+    the step-``step`` state (a run killed at that moment); the real save is back on exit."""
+    real_save = checkpoint_module.save_state
+
+    def save_then_crash(directory, state):
+        real_save(directory, state)
+        if state["step"] == step:
+            raise KeyboardInterrupt(f"killed right after the step-{step} checkpoint")
+
+    monkeypatch.setattr("videomamba_depth.training.loop.save_state", save_then_crash)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr("videomamba_depth.training.loop.save_state", real_save)
 
 
 def _time_array(group, name, data, dims, units):
