@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from bench.common import call_seconds, write_results
-from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student, require_timm
+from bench.common import call_seconds, randomised_student, write_results
+from videomamba_depth.models import ModelConfig, VideoMambaDepth, require_timm
 
 CLIP = (2, 8, 3, 168, 224)  # batch, frames, channels, height, width
 FOCAL = 170.0  # px, a typical focal of the prepared synthetic frames
@@ -35,16 +35,6 @@ FOCAL = 170.0  # px, a typical focal of the prepared synthetic frames
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Minimum wall time of ``repeats`` calls after one warm-up call."""
     return min(call_seconds(fn, repeats))
-
-
-def randomised_model(cfg: ModelConfig) -> VideoMambaDepth:
-    torch.manual_seed(0)
-    model = build_student(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2 and p.abs().max() == 0:  # zero-initialised projections
-                p.normal_(0.0, 0.02)
-    return model
 
 
 def inputs(batch: int, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,14 +90,14 @@ def main() -> None:
         "threads": args.threads,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "clip": list(CLIP),
-        **measure(randomised_model(ModelConfig()), args.repeats),
+        **measure(randomised_student(ModelConfig()), args.repeats),
     }
     try:
         require_timm()
     except ImportError as exc:
         result["vit_s_encoder"] = {"skipped": f"timm not importable ({exc.__cause__})"}
     else:
-        vit = randomised_model(ModelConfig(encoder="timm", timm_pretrained=False))
+        vit = randomised_student(ModelConfig(encoder="timm", timm_pretrained=False))
         result["vit_s_encoder"] = measure(vit, args.repeats)
     print(json.dumps(result, indent=2))
     params = result["params"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from videomamba_depth.config import load_params, load_section
-from videomamba_depth.models import ModelConfig, build_student
+from videomamba_depth.models import ModelConfig, VideoMambaDepth, build_student
 from videomamba_depth.prepare import PrepareConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,14 +45,19 @@ def default_preprocessing() -> dict[str, int]:
     return {"long_edge": prepare.long_edge, "pad_multiple": prepare.pad_multiple}
 
 
-def default_student() -> torch.nn.Module:
-    """The student of params.yaml's ``train.model`` in eval mode, random weights (seed 0), its
-    zero-initialised projections randomised so the temporal blocks do a trained model's work."""
-    config = ModelConfig.from_dict(load_params(PARAMS)["train"]["model"], where="params.yaml: train.model")
+def randomised_student(config: ModelConfig) -> VideoMambaDepth:
+    """The student of ``config`` with random weights (seed 0) and its zero-initialised projections filled
+    in (normal, std 0.02), so the temporal blocks and heads do a trained model's work, not the identity."""
     torch.manual_seed(0)
     model = build_student(config)
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim >= 2 and p.abs().max() == 0:
                 p.normal_(0.0, 0.02)
-    return model.eval()
+    return model
+
+
+def default_student() -> VideoMambaDepth:
+    """:func:`randomised_student` of params.yaml's ``train.model``, in eval mode."""
+    config = ModelConfig.from_dict(load_params(PARAMS)["train"]["model"], where="params.yaml: train.model")
+    return randomised_student(config).eval()

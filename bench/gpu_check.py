@@ -28,8 +28,8 @@ import psutil
 import torch
 
 from bench.bench_stream import ViTProxy
-from bench.common import RESULTS, write_results
-from videomamba_depth.models import ModelConfig, build_student, require_timm
+from bench.common import RESULTS, randomised_student, write_results
+from videomamba_depth.models import ModelConfig, require_timm
 
 SIZES = {"518px": (392, 518), "224px": (168, 224)}  # (H, W), multiples of 14
 STREAM_FRAMES, STREAM_EVERY = 2_000, 100
@@ -63,7 +63,7 @@ def mamba_ssm_available() -> bool:
 
 
 def students(device: torch.device, skipped: list[str]) -> dict[str, torch.nn.Module]:
-    """The students timed, randomised (zero-initialised projections filled in, as in ``bench_model``)."""
+    """The students timed, randomised (``bench.common.randomised_student``)."""
     ssm = "cuda" if device.type == "cuda" and mamba_ssm_available() else "torch"
     if device.type == "cuda" and ssm == "torch":
         skipped.append("mamba-ssm not importable: students use the torch SSM backend")
@@ -75,16 +75,7 @@ def students(device: torch.device, skipped: list[str]) -> dict[str, torch.nn.Mod
     else:
         vit = ModelConfig(encoder="timm", timm_pretrained=False, ssm_backend=ssm)
         configs[f"timm ViT-S/14 (ssm {ssm})"] = vit
-    out = {}
-    for name, cfg in configs.items():
-        torch.manual_seed(0)
-        model = build_student(cfg)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.ndim >= 2 and p.abs().max() == 0:
-                    p.normal_(0.0, 0.02)
-        out[name] = model.to(device).eval()
-    return out
+    return {name: randomised_student(cfg).to(device).eval() for name, cfg in configs.items()}
 
 
 def frame(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
