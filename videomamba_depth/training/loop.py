@@ -122,7 +122,7 @@ def build_optimizer(
     schedule; the one optimizer of both training stages.
 
     ``extra``: training-only modules (pretrain's feature projector) trained at ``lr`` with weight decay on
-    their weight matrices, in a group named ``extra``.
+    all their parameters (its bias too), in a group named ``extra``.
     """
     groups = model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
     if extra is not None:
