@@ -42,7 +42,7 @@ def write_rendered(root: Path, name: str, params: dict) -> VideoEntry:
     scene = sample_scene(cfg, SCENES[name])
     frames = list(render_frames(scene, 0, NUM_FRAMES))
     video, intrinsics, gt_path = root / f"{name}.mp4", root / f"{name}_K.json", root / f"{name}_gt.zarr"
-    write_mp4(video, (f.rgb for f in frames), cfg.fps, cfg.crf)
+    write_mp4(video, (f.rgb for f in frames), cfg.fps, scene.sensor.crf)
     save_intrinsics_json(intrinsics, scene.K, scene.width, scene.height)
     gt = {
         "depth": np.stack([f.depth for f in frames]),
@@ -95,10 +95,13 @@ def test_dis_flow_end_point_error(metrics: dict) -> None:
 def test_relative_pose_against_ground_truth(metrics: dict) -> None:
     for name, m in metrics.items():
         assert m["pose_valid_fraction"] == 1.0, name
-        assert m["rotation_error_mean_deg"] < 0.1 and m["rotation_error_max_deg"] < 0.3, name
+        # Measured 0.04 / 0.05 deg mean on clean renders; 0.06 / 0.11 with the default camera's noise, motion
+        # blur, exposure flicker and compression (synth/sensor.py).
+        assert m["rotation_error_mean_deg"] < 0.15 and m["rotation_error_max_deg"] < 0.3, name
         # The direction of a few-centimetre translation is ill-conditioned at the default 128x96 (measured
-        # median 16.4 deg / 10.1 deg on these scenes; under 15 at 224x168); a wrong pose is off by tens.
-        assert m["translation_direction_error_median_deg"] < 20.0, name
+        # median 16.4 deg / 10.1 deg on these scenes from clean renders, 17.6 / 23.6 with the default camera's
+        # noise and blur; under 15 at 224x168); a wrong pose is off by many tens.
+        assert m["translation_direction_error_median_deg"] < 30.0, name
 
 
 def test_static_and_moving_masks_against_ground_truth(metrics: dict) -> None:

@@ -217,7 +217,8 @@ def test_ground_truth_teacher_is_the_view_itself():
 def test_synthetic_teacher_corrupts_ground_truth_reproducibly():
     view = image_view()
     exact = {k: 0.0 for k in ("synthetic_scale_jitter", "synthetic_scale_drift", "synthetic_noise_std",
-                              "synthetic_edge_width", "synthetic_focal_error")}
+                              "synthetic_edge_width", "synthetic_focal_error",
+                              "synthetic_brightness_coupling", "synthetic_texture_coupling")}
     cpu = torch.device("cpu")
     clean = build_image_teacher(config(teacher="synthetic", teacher_settings=exact), cpu)(view)
     torch.testing.assert_close(clean.depth, view.depth)  # no corruption: the ground truth
@@ -230,7 +231,8 @@ def test_synthetic_teacher_corrupts_ground_truth_reproducibly():
     assert abs(float(ratio[0][0] - ratio[1][0])) > 1e-4
     teacher = build_image_teacher(config(teacher="synthetic"), cpu)
     target = teacher(view)
-    expected = corrupt_image(view.depth[0].numpy(), view.K[0].double().numpy(), TeacherConfig(), (0, 0, 0))[0]
+    expected = corrupt_image(view.depth[0].numpy(), view.K[0].double().numpy(), TeacherConfig(), (0, 0, 0),
+                             view.rgb[0].permute(1, 2, 0).numpy())[0]
     torch.testing.assert_close(target.depth[0][view.valid[0]], torch.from_numpy(expected)[view.valid[0]])
     torch.testing.assert_close(teacher(view).depth, target.depth)  # the same image: the same corruption
     assert not torch.equal(teacher(view.crop(torch.tensor([[0, 0, 12, 16]] * 2))).depth, target.depth)

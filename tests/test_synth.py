@@ -15,6 +15,7 @@ from videomamba_depth.config import ConfigError
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene, write_synth_video
 from videomamba_depth.synth import export as synth_export
 from videomamba_depth.synth.geometry import distance_to_body
+from videomamba_depth.synth.sensor import Sensor, motion_blur
 from videomamba_depth.zarrio import PARTIAL_MARK, open_store, require_arrays
 
 W, H, T = 64, 48, 6
@@ -213,3 +214,62 @@ def test_stage_writes_directory_atomically(tmp_path, monkeypatch):
         stage.main(["b"])
     assert sorted(p.name for p in (tmp_path / "data/synth").iterdir()) == ["tiny"]
     assert not list((tmp_path / "data/synth").glob(f"*{PARTIAL_MARK}*"))
+
+
+def test_clean_sensor_develops_the_render_exactly():
+    linear = np.random.default_rng(0).uniform(-0.1, 1.2, (H, W, 3)).astype(np.float32)
+    flow = np.full((H, W, 2), 3.0, dtype=np.float32)
+    developed = Sensor(seed=1).develop(linear, 0, flow)
+    np.testing.assert_array_equal(developed, (np.clip(linear, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def test_sensor_exposure_white_balance_and_noise_have_their_magnitudes():
+    linear = np.full((H, W, 3), 0.5, dtype=np.float32)
+    flicker = Sensor(seed=1, exposure_flicker=0.05)
+    frames = np.stack([flicker.develop(linear, t) for t in range(200)]).astype(np.float64)
+    log_gain = np.log(frames.mean(axis=(1, 2, 3)) / 127.5)
+    assert 0.04 < log_gain.std() < 0.06
+    assert (frames == frames[:, :1, :1, :1]).all()  # one gain for the whole frame, no noise
+    np.testing.assert_array_equal(flicker.develop(linear, 7), frames[7])  # per-frame draws: random access
+    balance = np.stack([Sensor(seed=1, white_balance_flicker=0.05).develop(linear, t) for t in range(200)])
+    channel_gain = np.log(balance[:, 0, 0].astype(np.float64) / 127.5)
+    assert (np.abs(np.corrcoef(channel_gain.T) - np.eye(3)) < 0.25).all()  # independent per channel
+    assert (0.04 < channel_gain.std(axis=0)).all() and (channel_gain.std(axis=0) < 0.06).all()
+    noisy = Sensor(seed=1, noise=0.02).develop(linear, 0).astype(np.float64) / 255
+    assert 0.018 < noisy.std() < 0.022 and abs(noisy.mean() - 0.5) < 0.003
+    dark = Sensor(seed=1, noise=0.02).develop(np.full_like(linear, 0.05), 0).astype(np.float64) / 255
+    assert dark.std() < 0.6 * noisy.std()  # shot noise: less noise in the shadows
+
+
+def test_motion_blur_smears_along_the_flow_only():
+    linear = np.zeros((H, W, 3), dtype=np.float32)
+    linear[:, W // 2 :] = 1.0  # a vertical edge
+    flow = np.zeros((H, W, 2), dtype=np.float32)
+    np.testing.assert_array_equal(motion_blur(linear, flow, 0.5), linear)  # nothing moves: sharp
+    flow[..., 0] = 8.0  # 8 px per frame to the right; shutter 0.5: a 4 px streak
+    row = motion_blur(linear, flow, 0.5)[H // 2, :, 0]
+    ramp = np.flatnonzero((row > 0.01) & (row < 0.99))
+    assert 2 <= len(ramp) <= 5 and abs(ramp.mean() - (W // 2 - 0.5)) <= 1
+    np.testing.assert_allclose(row[: W // 2 - 3], 0) and np.testing.assert_allclose(row[W // 2 + 3 :], 1)
+    flow[..., 0], flow[..., 1] = 0.0, 8.0  # vertical motion along the edge: the edge stays sharp
+    np.testing.assert_allclose(motion_blur(linear, flow, 0.5), linear, atol=1e-6)
+
+
+def test_scene_sensor_is_drawn_from_the_ranges_and_recorded(video_dir):
+    ranges = dict(sensor_noise=(0.01, 0.02), exposure_flicker=(0.03, 0.04), white_balance_flicker=(0.0, 0.01),
+                  shutter=(0.2, 0.3), crf=(24, 26))
+    sensors = [sample_scene(dataclasses.replace(TINY, **ranges), seed).sensor for seed in range(20)]
+    assert all(0.01 <= s.noise <= 0.02 and 0.03 <= s.exposure_flicker <= 0.04 and 0.2 <= s.shutter <= 0.3
+               and s.white_balance_flicker <= 0.01 and s.crf in (24, 25, 26) for s in sensors)
+    assert len({s.crf for s in sensors}) == 3 and len({s.noise for s in sensors}) == 20
+    # The sensor has its own random stream: the same seed lays out the same room whatever the sensor ranges.
+    plain = sample_scene(TINY, 3)
+    assert [b.path.centre.tolist() for b in sample_scene(dataclasses.replace(TINY, **ranges), 3).bodies] == [
+        b.path.centre.tolist() for b in plain.bodies]
+    attrs = open_store(video_dir / "gt.zarr", "ground_truth").attrs
+    assert attrs["scene"]["sensor"] == plain.sensor.to_attrs()
+    assert attrs["video"]["crf"] == plain.sensor.crf
+    with pytest.raises(ValueError, match="shutter"):
+        SynthConfig(shutter=(0.0, 1.5))
+    with pytest.raises(ValueError, match="crf"):
+        SynthConfig(crf=(20, 60))

@@ -27,7 +27,7 @@ def scene(T: int = 12, h: int = 30, w: int = 40) -> tuple[np.ndarray, np.ndarray
     for t in range(T):
         x0 = 4 + t
         depth[t, 8:20, x0 : x0 + 12] = 2.0
-    rgb = np.clip(255 / depth[..., None] * np.array([1.0, 0.8, 0.6]) + (u % 7)[None, ..., None] * 5, 0, 255)
+    rgb = np.clip(640 / depth[..., None] * np.array([1.0, 0.8, 0.6]) + (u % 7)[None, ..., None] * 5, 0, 255)
     return rgb.astype(np.uint8), depth, make_K(30.0, 30.0, (w - 1) / 2, (h - 1) / 2)
 
 
@@ -131,7 +131,8 @@ def test_synthetic_teacher_is_deterministic_per_frame(synth_video):
 def test_synthetic_teacher_magnitudes_are_params(synth_video):
     path, rgb, depth, *_ = synth_video
     zero = {"synthetic_scale_jitter": 0.0, "synthetic_scale_drift": 0.0, "synthetic_noise_std": 0.0,
-            "synthetic_edge_width": 0.0, "synthetic_focal_error": 0.0}
+            "synthetic_edge_width": 0.0, "synthetic_focal_error": 0.0, "synthetic_brightness_coupling": 0.0,
+            "synthetic_texture_coupling": 0.0}
     out = synthetic_teacher(path, **zero).predict(rgb, None, np.arange(12))
     np.testing.assert_allclose(out.depth, depth, rtol=1e-6)
     np.testing.assert_allclose(out.confidence, 1.0)
@@ -258,3 +259,33 @@ def test_bad_inputs_fail_clearly(synth_video, tmp_path, monkeypatch):
     with pytest.raises(TeacherOutputError, match=r"depth of shape \(8, 29, 40\).*expected \(8, 30, 40\)"):
         run_teacher(cfg, path, out, "vid")
     assert not out.exists() and not list(tmp_path.glob("o.zarr*"))
+
+
+def test_synthetic_teacher_error_that_follows_the_frame(synth_video):
+    """Step 6: with every random effect off, the error is a function of the frame alone, with known
+    answers: a uniform frame of mean luminance L scales depth by (L / 0.5) ** brightness_coupling, and
+    fine detail prints into log depth times texture_coupling."""
+    path, rgb, depth, *_ = synth_video
+    off = {"synthetic_scale_jitter": 0.0, "synthetic_scale_drift": 0.0, "synthetic_noise_std": 0.0,
+           "synthetic_edge_width": 0.0, "synthetic_focal_error": 0.0}
+    T = len(rgb)
+    grey = np.full_like(rgb, 64)  # luminance 64 / 255 everywhere, no detail
+    bright = synthetic_teacher(path, **off, synthetic_brightness_coupling=0.4, synthetic_texture_coupling=0.0)
+    out = bright.predict(grey, None, np.arange(T)).depth
+    np.testing.assert_allclose(out / depth, (64 / 255 / 0.5) ** 0.4, rtol=1e-5)
+    # The same frame at any index gives the same depth: nothing here is drawn per frame.
+    same = bright.predict(np.repeat(rgb[:1], T, axis=0), None, np.arange(T)).depth / depth
+    np.testing.assert_allclose(same, np.broadcast_to(same[:1], same.shape), rtol=1e-6)
+    # Texture copying: none on a uniform frame; on vertical stripes, a log-depth ripple across x whose
+    # amplitude scales with the coupling and which is flat down each column.
+    texture = {**off, "synthetic_brightness_coupling": 0.0}
+    flat = synthetic_teacher(path, **texture, synthetic_texture_coupling=0.5).predict(grey, None,
+                                                                                       np.arange(T))
+    np.testing.assert_allclose(flat.depth, depth, rtol=1e-6)
+    stripes = np.broadcast_to(np.where(np.arange(rgb.shape[2]) % 6 < 3, 200, 60)[None, None, :, None],
+                              rgb.shape).astype(np.uint8)
+    ripple = {k: np.log(synthetic_teacher(path, **texture, synthetic_texture_coupling=k)
+                        .predict(stripes, None, np.arange(T)).depth / depth) for k in (0.25, 0.5)}
+    assert 0.02 < np.abs(ripple[0.25]).mean() < 0.2
+    np.testing.assert_allclose(ripple[0.5], 2 * ripple[0.25], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ripple[0.5], np.broadcast_to(ripple[0.5][:, :1], ripple[0.5].shape), atol=1e-5)

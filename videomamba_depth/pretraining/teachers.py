@@ -22,6 +22,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from videomamba_depth.errors import InputError
@@ -132,8 +133,10 @@ class SyntheticImageTeacher(_NetworkTeacher):
 
     def __call__(self, view: View, *, features: bool = False) -> Target:
         gt, K = view.depth.cpu().numpy(), view.K.double().cpu().numpy()
+        rgb = rearrange(view.rgb, "b c h w -> b h w c").cpu().numpy()
         depth = np.stack([
-            corrupt_image(g, k, self.settings, seed)[0] for g, k, seed in zip(gt, K, view.seeds, strict=True)
+            corrupt_image(g, k, self.settings, seed, image)[0]
+            for g, k, seed, image in zip(gt, K, view.seeds, rgb, strict=True)
         ])
         target = self._target(view, torch.from_numpy(depth).to(view.depth.device))
         valid = target.valid & view.valid

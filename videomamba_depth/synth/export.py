@@ -60,7 +60,7 @@ def write_synth_video(out_dir: str | Path, config: SynthConfig, name: str) -> Pa
         "num_frames": T,
         "seed": seed,
         "scene": scene.summary(),
-        "video": {"file": VIDEO_FILE, "codec": "h264", "crf": config.crf},
+        "video": {"file": VIDEO_FILE, "codec": "h264", "crf": scene.sensor.crf},
         "provenance": provenance("synth", resolved, packages=("av",), backend=RENDERER),
     }
     with atomic_directory(out_dir) as tmp:
@@ -80,7 +80,7 @@ def write_synth_video(out_dir: str | Path, config: SynthConfig, name: str) -> Pa
                         writers["flow_fwd_valid"].append(frame.flow_fwd_valid[None])
                     yield frame.rgb
 
-            written = write_mp4(tmp / VIDEO_FILE, rgb_frames(), config.fps, config.crf)
+            written = write_mp4(tmp / VIDEO_FILE, rgb_frames(), config.fps, scene.sensor.crf)
         if written != T:
             raise RuntimeError(f"{out_dir}: rendered {written} frames, expected {T}")
     return out_dir

@@ -92,8 +92,9 @@ class Renderer:
     def frame(self, index: int, flow: bool = True) -> Frame:
         """Render frame ``index`` (time ``index / fps``) with its ground truth.
 
-        ``flow=False`` skips the forward flow (``flow_fwd`` None): the single-image path, which needs no
-        next frame. Everything else is computed exactly as for a video frame.
+        ``flow=False`` skips the forward flow (``flow_fwd`` None) and with it the motion blur: the
+        single-image path, which needs no next frame. Everything else is computed exactly as for a video
+        frame, the scene's sensor included (``Scene.sensor``).
         """
         scene = self.scene
         W, H, time = scene.width, scene.height, index / scene.fps
@@ -101,13 +102,16 @@ class Renderer:
         pose = scene.camera.pose_c2w(time)
         depth, body = cast(scene.bodies, poses, pose, self.rays_px32)
         colour, face, normal = self._shade(poses, pose, self.rays_px32, depth, body, 1.0)
-        rgb = self._rgb(poses, pose, colour, face, body)
-        flow_fwd = valid = None
-        if flow and index + 1 < scene.num_frames:
-            flow_fwd, valid = self._flow(index, poses, pose, depth, body, normal)
+        linear = self._linear_rgb(poses, pose, colour, face, body)
+        flow_fwd = valid = blur_flow = None
+        # The last frame's motion (to a frame past the end: motions are analytic) still blurs it.
+        if flow and (index + 1 < scene.num_frames or scene.sensor.shutter > 0):
+            blur_flow, blur_valid = self._flow(index, poses, pose, depth, body, normal)
+            if index + 1 < scene.num_frames:
+                flow_fwd, valid = blur_flow, blur_valid
         return Frame(
             index=index,
-            rgb=rgb,
+            rgb=scene.sensor.develop(linear, index, blur_flow),
             depth=depth.reshape(H, W),
             pose_c2w=pose,
             K=scene.K.copy(),
@@ -117,10 +121,11 @@ class Renderer:
             flow_fwd_valid=valid,
         )
 
-    def _rgb(self, poses: list, pose: np.ndarray, colour: np.ndarray, face: np.ndarray,
-             body: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 from the pixel-centre shading ``colour`` (3, N) and ``face`` (N,), re-rendered
-        with supersampling where the pixel straddles an edge."""
+    def _linear_rgb(self, poses: list, pose: np.ndarray, colour: np.ndarray, face: np.ndarray,
+                    body: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` float32 linear colour (1 = white, not clipped) from the pixel-centre shading
+        ``colour`` (3, N) and ``face`` (N,), re-rendered with supersampling where the pixel straddles an
+        edge; the scene's sensor turns it into the recorded frame."""
         scene, s = self.scene, self.scene.supersample
         if s > 1:
             edge = np.flatnonzero(_edges((body * 6 + face).reshape(scene.height, scene.width)))
@@ -130,8 +135,7 @@ class Renderer:
             sub, _, _ = self._shade(poses, pose, rays, *cast(scene.bodies, poses, pose, rays), s)
             colour[:, edge] = sub.reshape(3, len(edge), s * s).mean(axis=2)
         colour *= scene.light_colour[:, None].astype(np.float32)
-        image = colour.reshape(3, scene.height, scene.width).transpose(1, 2, 0)
-        return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        return np.ascontiguousarray(colour.reshape(3, scene.height, scene.width).transpose(1, 2, 0))
 
     def _flow(self, index: int, poses: list, pose: np.ndarray, depth: np.ndarray, body: np.ndarray,
               normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from videomamba_depth.synth.geometry import (
     distance_to_body,
     yaw_rotation,
 )
+from videomamba_depth.synth.sensor import Sensor
 from videomamba_depth.synth.textures import TextureAtlas, make_texture
 
 # Gap between the camera's reachable sphere and any static body: nothing fills the view from point-blank.
@@ -84,7 +85,7 @@ class SynthConfig(StageConfig):
     fps: int = 24
     num_frames: tuple[int, int] = (48, 64)  # frames per video (inclusive range)
     supersample: int = 2  # RGB anti-aliasing: supersample x supersample rays per pixel (1 = none)
-    crf: int = 18  # H.264 constant rate factor of video.mp4 (lower = better quality)
+    crf: tuple[int, int] = (20, 30)  # H.264 constant rate factor of video.mp4 (lower = better quality)
     hfov_deg: tuple[float, float] = (45.0, 90.0)  # horizontal field of view
     principal_offset: float = 0.02  # max |principal point - image centre| as a fraction of width/height
     room_size_m: tuple[float, float] = (3.5, 8.0)  # room length and width (each drawn separately)
@@ -100,15 +101,25 @@ class SynthConfig(StageConfig):
     moving_view_speed: tuple[float, float] = (0.2, 0.4)  # their angular speed, fields of view per second
     moving_distance_m: tuple[float, float] = (1.5, 3.2)  # distance from the camera when placed
     ambient: float = 0.5  # ambient share of the lighting (the rest is Lambertian from a ceiling light)
+    # The camera after the lens (synth/sensor.py), per video; every effect 0 gives the clean render.
+    sensor_noise: tuple[float, float] = (0.005, 0.02)  # read + shot noise std at mid-grey (full scale = 1)
+    exposure_flicker: tuple[float, float] = (0.0, 0.06)  # std of the per-frame log exposure gain
+    white_balance_flicker: tuple[float, float] = (0.0, 0.02)  # std of the per-frame per-channel log gain
+    shutter: tuple[float, float] = (0.0, 0.5)  # exposure time, share of the frame interval (motion blur)
 
     def __post_init__(self) -> None:
         for name in self.videos:
             check_name(name, "videos: name")
         if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be positive and even, got {self.width}x{self.height}")
-        if self.fps <= 0 or self.supersample < 1 or not 0 <= self.crf <= 51:
-            raise ValueError("fps must be > 0, supersample >= 1 and crf in [0, 51]")
-        for name in ("num_frames", "hfov_deg", "room_size_m", "room_height_m", "camera_height_m",
+        if self.fps <= 0 or self.supersample < 1 or not (0 <= self.crf[0] and self.crf[1] <= 51):
+            raise ValueError("fps must be > 0, supersample >= 1 and crf within [0, 51]")
+        if min(*self.sensor_noise, *self.exposure_flicker, *self.white_balance_flicker, *self.shutter) < 0:
+            raise ValueError("sensor_noise, exposure_flicker, white_balance_flicker and shutter must be >= 0")
+        if self.shutter[1] > 1:
+            raise ValueError(f"shutter is a share of the frame interval, at most 1, got {self.shutter}")
+        for name in ("crf", "sensor_noise", "exposure_flicker", "white_balance_flicker", "shutter",
+                     "num_frames", "hfov_deg", "room_size_m", "room_height_m", "camera_height_m",
                      "camera_speed_mps", "camera_yaw_deg", "camera_pitch_deg", "motion_hz", "furniture",
                      "moving_objects", "moving_view_size", "moving_view_speed", "moving_distance_m"):
             low, high = getattr(self, name)
@@ -158,6 +169,7 @@ class Scene:
     light_position: np.ndarray
     light_colour: np.ndarray
     ambient: float
+    sensor: Sensor
 
     @property
     def moving(self) -> np.ndarray:
@@ -194,6 +206,7 @@ class Scene:
             },
             "textures": list(self.patterns),
             "ambient": self.ambient,
+            "sensor": self.sensor.to_attrs(),
         }
 
 
@@ -416,7 +429,8 @@ def _against_wall(rng: np.random.Generator, room: np.ndarray, width: float, dept
 
 def sample_scene(config: SynthConfig, seed: int) -> Scene:
     """Draw a scene from ``seed``: same config and seed, same scene (and, rendered, identical bytes)."""
-    layout_seq, texture_seq = np.random.SeedSequence(seed).spawn(2)
+    # Separate streams: adding a stream (the sensor's) changes neither the layout nor the textures.
+    layout_seq, texture_seq, sensor_seq = np.random.SeedSequence(seed).spawn(3)
     rng = np.random.default_rng(layout_seq)
     W, H = config.width, config.height
     num_frames = int(rng.integers(config.num_frames[0], config.num_frames[1] + 1))
@@ -529,4 +543,17 @@ def sample_scene(config: SynthConfig, seed: int) -> Scene:
         light_position=light_position,
         light_colour=light_colour,
         ambient=config.ambient,
+        sensor=_sensor(config, seed, np.random.default_rng(sensor_seq)),
+    )
+
+
+def _sensor(config: SynthConfig, seed: int, rng: np.random.Generator) -> Sensor:
+    """The video's camera, its magnitudes drawn from the config's ranges."""
+    return Sensor(
+        seed=seed,
+        noise=_uniform(rng, config.sensor_noise),
+        exposure_flicker=_uniform(rng, config.exposure_flicker),
+        white_balance_flicker=_uniform(rng, config.white_balance_flicker),
+        shutter=_uniform(rng, config.shutter),
+        crf=int(rng.integers(config.crf[0], config.crf[1] + 1)),
     )

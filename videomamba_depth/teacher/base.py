@@ -56,6 +56,9 @@ class TeacherConfig(StageConfig):
     synthetic_edge_mix: float = 0.8  # largest blend weight of the blur at edges
     synthetic_focal_error: float = 0.03  # std of the per-frame log focal-length error
     synthetic_confidence_scale: float = 0.1  # log-error at which confidence is 1/e
+    synthetic_brightness_coupling: float = 0.3  # log scale error per unit of the frame's log mean brightness
+    synthetic_texture_coupling: float = 0.5  # log-depth error per unit of the frame's fine luminance detail
+    synthetic_texture_sigma: float = 2.0  # pixels: detail = luminance - its Gaussian blur of this sigma
 
     def __post_init__(self) -> None:
         if not 0 <= self.resolution_level < 10:
@@ -70,11 +73,12 @@ class TeacherConfig(StageConfig):
         if not 0 <= self.synthetic_noise_persistence <= 1 or not 0 <= self.synthetic_edge_mix <= 1:
             raise ValueError("synthetic_noise_persistence and synthetic_edge_mix must be in [0, 1]")
         positive = ("synthetic_drift_period", "synthetic_noise_scale", "synthetic_edge_threshold",
-                    "synthetic_confidence_scale")
+                    "synthetic_confidence_scale", "synthetic_texture_sigma")
         if any(getattr(self, k) <= 0 for k in positive):
             raise ValueError(f"{', '.join(positive)} must be positive")
         magnitudes = ("synthetic_scale_jitter", "synthetic_scale_drift", "synthetic_noise_std",
-                      "synthetic_edge_width", "synthetic_focal_error")
+                      "synthetic_edge_width", "synthetic_focal_error", "synthetic_brightness_coupling",
+                      "synthetic_texture_coupling")
         if any(getattr(self, k) < 0 for k in magnitudes):
             raise ValueError(f"{', '.join(magnitudes)} must be non-negative")
 

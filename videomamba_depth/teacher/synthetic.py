@@ -21,9 +21,16 @@ Corruption of a ground-truth frame ``D`` at frame index ``t`` (all factors multi
 4. confidence ``exp(-(|noise| + |edge error|) / confidence_scale)`` (log-space magnitudes): low near edges
    and where the smooth noise is large; blind to the global scale error, as a real network is;
 5. predicted intrinsics: ground-truth K with both focal lengths scaled by ``exp(focal_error * m_t)``,
-   ``m_t ~ N(0, 1)`` per frame.
+   ``m_t ~ N(0, 1)`` per frame;
+6. errors that are a function of the input frame (as a real network's are, so a per-frame student that
+   imitates the teacher inherits them, and with them the flicker of the frames: exposure flicker, sensor
+   noise): a global log scale ``brightness_coupling * log(mean luminance / 0.5)`` (brighter frames look
+   farther) and texture copying, ``texture_coupling * (L - G_sigma * L)`` in log depth, ``L`` the frame's
+   luminance in [0, 1] and ``G_sigma`` a Gaussian blur of ``texture_sigma`` pixels (fine detail and noise
+   print into the depth). The confidence is blind to both.
 
-Randomness is seeded from ``teacher.seed``, a stable hash of the video name and the frame index, so outputs
+Steps 1-5 are random draws and do not look at the image; step 6 is deterministic. Randomness is seeded
+from ``teacher.seed``, a stable hash of the video name and the frame index, so outputs
 do not depend on batching or on which frames are requested together.
 """
 
@@ -39,6 +46,8 @@ import numpy as np
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext, read_frames
 from videomamba_depth.zarrio import StoreError, require_arrays
 
+# Mean luminance at which the brightness-dependent scale error is zero (mid-grey).
+BRIGHTNESS_REFERENCE = 0.5
 # Random streams, so that per-video and per-frame draws never share a seed sequence.
 _STREAM_VIDEO, _STREAM_FRAME = 0, 1
 
@@ -120,17 +129,18 @@ class SyntheticTeacher(Teacher):
         gt_depth = self.video.crop(read_frames(self._depth, frames)).astype(np.float32)
         if gt_depth.shape != rgb.shape[:3]:
             raise ValueError(f"ground-truth depth {gt_depth.shape} does not match frames {rgb.shape[:3]}")
-        outs = [self._corrupt(d, int(t)) for d, t in zip(gt_depth, frames, strict=True)]
+        outs = [self._corrupt(d, int(t), image) for d, t, image in zip(gt_depth, frames, rgb, strict=True)]
         depth = np.stack([o[0] for o in outs])
         confidence = np.stack([o[1] for o in outs])
         K_pred = np.stack([o[2] for o in outs])
         K_used = K_pred if K is None else np.asarray(K, dtype=np.float64)
         return TeacherOutput(depth=depth, confidence=confidence, K_used=K_used, K_pred=K_pred)
 
-    def _corrupt(self, gt: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One frame: ground truth ``(h, w)`` -> (depth, confidence, K_pred)."""
+    def _corrupt(self, gt: np.ndarray, t: int, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One frame: ground truth ``(h, w)`` and the frame ``(h, w, 3)`` uint8 -> (depth, confidence,
+        K_pred)."""
         rng = np.random.default_rng([self.cfg.seed, self._video_hash, _STREAM_FRAME, t])
-        return corrupt_frame(gt, self._K[t], self.cfg, rng, self._static_field, self._drift_phase, t)
+        return corrupt_frame(gt, self._K[t], self.cfg, rng, self._static_field, self._drift_phase, t, rgb)
 
 
 def corrupt_frame(
@@ -141,17 +151,19 @@ def corrupt_frame(
     static_field: np.ndarray,
     drift_phase: float,
     t: int,
+    rgb: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frame ``t`` of a video: ground truth ``(h, w)`` and its K ``(3, 3)`` -> (depth, confidence, K_pred),
-    steps 1-5 of the module docstring with the frame's draws from ``rng``; ``static_field`` ``(h, w)`` and
-    ``drift_phase`` are the video's own (its persistent noise field and phi)."""
+    """Frame ``t`` of a video: ground truth ``(h, w)``, its K ``(3, 3)`` and the frame ``rgb`` ``(h, w, 3)``
+    uint8 -> (depth, confidence, K_pred), steps 1-6 of the module docstring with the frame's draws from
+    ``rng``; ``static_field`` ``(h, w)`` and ``drift_phase`` are the video's own (its persistent noise
+    field and phi). Step 6 reads ``rgb`` where the ground truth is valid (> 0)."""
     log_scale = c.synthetic_scale_jitter * rng.standard_normal() + c.synthetic_scale_drift * np.sin(
         2 * np.pi * t / c.synthetic_drift_period + drift_phase
     )
     p = c.synthetic_noise_persistence
     fresh = smooth_field(rng, *gt.shape, c.synthetic_noise_scale)
     noise = c.synthetic_noise_std * (np.sqrt(p) * static_field + np.sqrt(1 - p) * fresh)
-    depth = gt * np.exp(noise + log_scale, dtype=np.float32)
+    depth = gt * np.exp(noise + log_scale + image_error(rgb, gt > 0, c), dtype=np.float32)
     edge_err = np.zeros_like(depth)
     if c.synthetic_edge_width > 0:
         band = depth_edge_band(gt, c.synthetic_edge_threshold, c.synthetic_edge_width)
@@ -169,13 +181,34 @@ def corrupt_frame(
     return depth.astype(np.float32), confidence.astype(np.float32), K_pred
 
 
+def image_error(rgb: np.ndarray, mask: np.ndarray, c: TeacherConfig) -> np.ndarray:
+    """``(h, w)`` float32 log-depth error that is a function of the frame ``rgb`` ``(h, w, 3)`` uint8 (step 6
+    of the module docstring): brightness-dependent scale plus texture copying; the mean luminance is taken
+    over ``mask`` ``(h, w)`` bool (the valid image)."""
+    if rgb.shape[:2] != mask.shape:
+        raise ValueError(f"frame {rgb.shape[:2]} does not match its ground truth {mask.shape}")
+    error = np.zeros(mask.shape, dtype=np.float32)
+    if c.synthetic_brightness_coupling == 0 and c.synthetic_texture_coupling == 0:
+        return error
+    # Rec. 601 luma of the 8-bit frame, in [0, 1].
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255
+    if c.synthetic_brightness_coupling > 0 and mask.any():
+        brightness = max(float(luma[mask].mean()), 1e-3)
+        error += np.float32(c.synthetic_brightness_coupling * np.log(brightness / BRIGHTNESS_REFERENCE))
+    if c.synthetic_texture_coupling > 0:
+        blurred = cv2.GaussianBlur(luma, (0, 0), c.synthetic_texture_sigma, borderType=cv2.BORDER_REFLECT)
+        error += c.synthetic_texture_coupling * (luma - blurred)
+    return error
+
+
 def corrupt_image(
-    gt: np.ndarray, K: np.ndarray, c: TeacherConfig, entropy: tuple[int, ...]
+    gt: np.ndarray, K: np.ndarray, c: TeacherConfig, entropy: tuple[int, ...], rgb: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A single image as frame 0 of a one-frame video of its own: its drift phase and persistent field, then
-    :func:`corrupt_frame`, all drawn from ``np.random.default_rng([c.seed, *entropy])``; ``entropy`` names
-    the image (the same entropy gives the same corruption, as a network's prediction of the same image)."""
+    """A single image ``rgb`` ``(h, w, 3)`` uint8 as frame 0 of a one-frame video of its own: its drift
+    phase and persistent field, then :func:`corrupt_frame`, all drawn from
+    ``np.random.default_rng([c.seed, *entropy])``; ``entropy`` names the image (the same entropy gives the
+    same corruption, as a network's prediction of the same image)."""
     rng = np.random.default_rng([c.seed, *entropy])
     drift_phase = rng.uniform(0, 2 * np.pi)
     static_field = smooth_field(rng, *gt.shape, c.synthetic_noise_scale)
-    return corrupt_frame(gt, K, c, rng, static_field, drift_phase, 0)
+    return corrupt_frame(gt, K, c, rng, static_field, drift_phase, 0, rgb)
