@@ -19,6 +19,7 @@ from videomamba_depth.losses import (
     state_smoothing,
     static_weights,
     temporal_gradient_matching,
+    warped_consistency,
 )
 from videomamba_depth.losses import distill as distill_module
 
@@ -289,6 +290,7 @@ def full_inputs(N=3, seed=0):
         "confidence": confidence,
         "consistent": torch.rand(2, pairs, 8, 10, generator=g) > 0.1,
         "static": torch.rand(2, pairs, 8, 10, generator=g) > 0.3,
+        "flow": 2 * torch.randn(2, pairs, 8, 10, 2, generator=g),
         "states": {
             "t1": torch.randn(2, N, 4, 4, 5, generator=g),
             "t4": torch.randn(2, N, 8, 2, 3, generator=g),
@@ -297,8 +299,8 @@ def full_inputs(N=3, seed=0):
 
 
 def test_distillation_loss_is_the_weighted_sum_of_its_terms():
-    cfg = LossConfig(metric_l1=1.0, ssi=0.5, tgm=2.0, state_smooth=0.1, silog=0.3, grad=0.25, hdn=0.2,
-                     grad_preserve=0.4, hdn_levels=2, hdn_mode="spatial")
+    cfg = LossConfig(metric_l1=1.0, ssi=0.5, tgm=2.0, warp=0.7, state_smooth=0.1, silog=0.3, grad=0.25,
+                     hdn=0.2, grad_preserve=0.4, hdn_levels=2, hdn_mode="spatial")
     inputs = full_inputs()
     total, terms = DistillationLoss(cfg)(**inputs)
     p, t, v, c = inputs["pred"], inputs["teacher"], inputs["valid"], inputs["confidence"]
@@ -308,6 +310,7 @@ def test_distillation_loss_is_the_weighted_sum_of_its_terms():
         "tgm": temporal_gradient_matching(
             p, t, v, jump_threshold=cfg.tgm_jump_threshold, pair_mask=inputs["consistent"]
         ),
+        "warp": warped_consistency(p, v, inputs["flow"], inputs["consistent"] & inputs["static"]),
         "state_smooth": state_smoothing(inputs["states"], inputs["static"], moving_weight=0.1),
         "silog": silog_loss(p, t, v, lam=cfg.silog_lambda),
         "grad": multiscale_gradient_loss(p, t, v, scales=cfg.grad_scales),
@@ -330,6 +333,7 @@ def test_zero_weight_terms_are_never_computed(monkeypatch):
     for name in (
         "ssi_loss",
         "temporal_gradient_matching",
+        "warped_consistency",
         "state_smoothing",
         "silog_loss",
         "multiscale_gradient_loss",
@@ -339,7 +343,7 @@ def test_zero_weight_terms_are_never_computed(monkeypatch):
         monkeypatch.setattr(distill_module, name, forbidden)
     cfg = LossConfig(metric_l1=1.0, ssi=0.0, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0)
     inputs = full_inputs()
-    inputs["states"] = None  # not needed when state_smooth == 0
+    inputs["states"] = inputs["flow"] = None  # not needed when state_smooth == warp == 0
     total, terms = DistillationLoss(cfg)(**inputs)
     assert set(terms) == {"metric_l1", "total"}
     torch.testing.assert_close(
@@ -365,6 +369,51 @@ def test_confidence_and_consistency_switches():
     torch.testing.assert_close(off["tgm"], temporal_gradient_matching(p, t, v).detach())
     with pytest.raises(ValueError, match="no state summaries"):
         DistillationLoss(LossConfig(state_smooth=0.5))(**{**inputs, "states": None})
+    with pytest.raises(ValueError, match=r"warp weight is 0\.5 but the flow"):
+        DistillationLoss(LossConfig(warp=0.5))(**{**inputs, "flow": None})
+
+
+def _moving_texture(N=4, H=12, W=16, shift=(2.0, 1.0), seed=0):
+    """A random log-depth texture translated by ``shift`` (du, dv) pixels per frame: (1, N, H, W) depths
+    and the matching constant flow (1, N-1, H, W, 2)."""
+    g = torch.Generator().manual_seed(seed)
+    big = 1 + 3 * torch.rand(H + N * 4, W + N * 4, generator=g)
+    du, dv = int(shift[0]), int(shift[1])
+    # Frame t shows big[y0 - t dv + y, x0 - t du + x]: what is at x in frame t is at x + du in frame t+1.
+    x0 = y0 = 2 * N
+    frames = [big[y0 - t * dv : y0 - t * dv + H, x0 - t * du : x0 - t * du + W] for t in range(N)]
+    flow = torch.tensor([float(du), float(dv)]).expand(1, N - 1, H, W, 2)
+    return torch.stack(frames)[None], flow.clone()
+
+
+def test_warped_consistency_known_answers():
+    depth, flow = _moving_texture()
+    everywhere = torch.ones(1, 3, 12, 16, dtype=torch.bool)
+    valid = torch.ones(1, 4, 12, 16, dtype=torch.bool)
+    # A static texture carried by the flow: steady, whatever its own pattern.
+    assert warped_consistency(depth, valid, flow, everywhere).item() < 1e-6
+    # A global scale change between frames: exactly |log c| per pair, whichever direction.
+    flicker = depth * torch.tensor([1.0, 1.1, 1.0, 0.8]).view(1, 4, 1, 1)
+    expected = (math.log(1.1) + math.log(1.1) + abs(math.log(0.8))) / 3
+    torch.testing.assert_close(warped_consistency(flicker, valid, flow, everywhere), torch.tensor(expected))
+    # The same depths with the wrong (zero) flow are not steady: the loss reads along the flow.
+    assert warped_consistency(depth, valid, torch.zeros_like(flow), everywhere) > 0.1
+    # Targets outside the frame, masked pixels and targets next to invalid pixels of t+1 are never read.
+    garbage = depth.clone()
+    garbage[:, 1:, :, -3:] = 1e3  # frame t+1's right edge: only reached from pixels flowing there
+    valid_cut = valid.clone()
+    valid_cut[:, 1:, :, -3:] = False
+    assert warped_consistency(garbage, valid_cut, flow, everywhere).item() < 1e-6
+    assert warped_consistency(depth[:, :1], valid[:, :1], flow[:, :0], everywhere[:, :0]).item() == 0.0
+
+
+def test_warped_consistency_gradients_reach_both_frames():
+    depth, flow = _moving_texture()
+    pred = (depth * torch.tensor([1.0, 1.2, 0.9, 1.0]).view(1, 4, 1, 1)).requires_grad_(True)
+    valid = torch.ones(1, 4, 12, 16, dtype=torch.bool)
+    warped_consistency(pred, valid, flow, torch.ones(1, 3, 12, 16, dtype=torch.bool)).backward()
+    per_frame = pred.grad.abs().sum(dim=(0, 2, 3))
+    assert (per_frame > 0).all() and torch.isfinite(pred.grad).all()
 
 
 def test_loss_config_validation():

@@ -293,6 +293,13 @@ def test_train_with_the_normalised_objectives_and_a_step_schedule(project):
     assert summary["lr"] == pytest.approx(1e-3 * 0.25)
 
 
+def test_train_with_the_warp_term(project):
+    result = train(config(steps=2, val_every=2, image_every=0, checkpoint_every=0, hflip=1.0,
+                          loss={"warp": 1.0, "tgm": 0.0}))
+    summary = json.loads((project / "data" / "train" / "dvclive" / "metrics.json").read_text())["train"]
+    assert summary["warp"] > 0 and "tgm" not in summary and math.isfinite(result.best_metric)
+
+
 def test_resume_after_a_crash_reaches_the_uninterrupted_result(project, monkeypatch):
     cfg = config(steps=8, checkpoint_every=3, p_single_frame=0.3)
     uninterrupted = load_file(train(cfg, out_dir=project / "full").final)
@@ -392,6 +399,12 @@ def test_flip_augmentation_mirrors_frames_and_intrinsics(project):
     plain, flipped = dataset[Item(0, 2, 3)], dataset[Item(0, 2, 3, flip=True)]
     for key in ("rgb", "depth", "valid", "static", "consistent"):
         assert torch.equal(flipped[key], plain[key].flip(-1)), key
+    assert "flow_fwd" not in plain  # read only for the warp term
+    with_flow = ClipDataset(find_videos(["a"], 4), with_flow=True)
+    flow, flow_flipped = with_flow[Item(0, 2, 3)]["flow_fwd"], with_flow[Item(0, 2, 3, flip=True)]["flow_fwd"]
+    assert flow.shape == (2, *plain["depth"].shape[1:], 2) and flow.abs().max() > 0
+    # Mirrored: the x axis reversed and du negated, so a point's mirrored path is its path mirrored.
+    assert torch.equal(flow_flipped, flow.flip(-2) * torch.tensor([-1.0, 1.0]))
     K = plain["K"][0].double().numpy()
     K[0, 1] = 0.7  # a skewed camera exercises the skew term too
     depth = plain["depth"][0].double().numpy()

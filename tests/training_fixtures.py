@@ -100,6 +100,9 @@ def write_training_video(
         _time_array(g, "K_used", K, ("t", "i", "j"), "pixels")
         _time_array(g, "K_pred", K, ("t", "i", "j"), "pixels")
     with writing_store(data / "flow" / f"{name}.zarr", "flow", {"num_pairs": pairs}) as g:
+        # The texture rolls one pixel to the right per frame: that is the forward flow.
+        flow = np.broadcast_to(np.array([1.0, 0.0], np.float16), (pairs, height, width, 2)).copy()
+        _time_array(g, "flow_fwd", flow, ("t", "y", "x", "c"), "pixels")
         _time_array(g, "consistent", consistent, ("t", "y", "x"), "bool")
         _time_array(g, "static", static & consistent, ("t", "y", "x"), "bool")
         _time_array(g, "rel_pose", np.broadcast_to(np.eye(4), (pairs, 4, 4)).copy(), ("t", "i", "j"), "m")

@@ -21,7 +21,12 @@ from videomamba_depth.losses.spatial import (
     silog_loss,
     ssi_loss,
 )
-from videomamba_depth.losses.temporal import state_smoothing, static_weights, temporal_gradient_matching
+from videomamba_depth.losses.temporal import (
+    state_smoothing,
+    static_weights,
+    temporal_gradient_matching,
+    warped_consistency,
+)
 
 __all__ = [
     "TERMS",
@@ -45,4 +50,5 @@ __all__ = [
     "state_smoothing",
     "static_weights",
     "temporal_gradient_matching",
+    "warped_consistency",
 ]

@@ -24,10 +24,10 @@ from videomamba_depth.losses.spatial import (
     silog_loss,
     ssi_loss,
 )
-from videomamba_depth.losses.temporal import state_smoothing, temporal_gradient_matching
+from videomamba_depth.losses.temporal import state_smoothing, temporal_gradient_matching, warped_consistency
 
 # The weight fields of LossConfig, in the order the terms are computed and logged.
-TERMS = ("metric_l1", "ssi", "tgm", "state_smooth", "silog", "grad", "hdn", "grad_preserve")
+TERMS = ("metric_l1", "ssi", "tgm", "warp", "state_smooth", "silog", "grad", "hdn", "grad_preserve")
 
 # Largest hdn_levels: the groups are masks over every pixel, 2^L - 1 of them per frame by depth range and
 # (4^L - 1) / 3 on the spatial grid (85 at 4 levels), so memory grows fast with more.
@@ -76,6 +76,8 @@ class LossConfig(StageConfig, WeightedTerms):
         metric_l1: confidence-weighted ``|log d - log d_teacher|`` (:func:`metric_log_l1`).
         ssi: MiDaS scale-and-shift-invariant L1 in disparity (:func:`ssi_loss`).
         tgm: temporal gradient matching in log depth (:func:`temporal_gradient_matching`).
+        warp: steadiness of static surfaces along the flow stage's optical flow, ``|log d_{t+1}(p + f) -
+            log d_t(p)|`` on static, flow-consistent pixels (:func:`warped_consistency`).
         state_smooth: ``||s_{t+1} - s_t||^2`` of the student's state summaries (:func:`state_smoothing`).
         silog: scale-invariant log loss (:func:`silog_loss`).
         grad: multi-scale gradient matching of the log-depth residual (:func:`multiscale_gradient_loss`).
@@ -99,6 +101,7 @@ class LossConfig(StageConfig, WeightedTerms):
     metric_l1: float = 1.0
     ssi: float = 0.5
     tgm: float = 1.0
+    warp: float = 0.0
     state_smooth: float = 0.01
     silog: float = 0.0
     grad: float = 0.5
@@ -142,6 +145,7 @@ class DistillationLoss(nn.Module):
         confidence: Tensor | None = None,
         consistent: Tensor | None = None,
         static: Tensor | None = None,
+        flow: Tensor | None = None,
         states: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its terms.
@@ -153,6 +157,8 @@ class DistillationLoss(nn.Module):
             confidence: ``(B, N, H, W)`` teacher confidence in [0, 1], or None.
             consistent: ``(B, N-1, H, W)`` bool forward-backward flow consistency of pair (t, t+1), or None.
             static: ``(B, N-1, H, W)`` bool, pixel of frame t static between t and t+1, or None.
+            flow: ``(B, N-1, H, W, 2)`` forward optical flow of pair (t, t+1), pixels; required (with
+                ``consistent`` and ``static``) when ``warp > 0``.
             states: name -> ``(B, N, C, h, w)`` state summaries; required when ``state_smooth > 0``.
 
         Returns:
@@ -177,6 +183,9 @@ class DistillationLoss(nn.Module):
                 jump_threshold=cfg.tgm_jump_threshold,
                 pair_mask=consistent if cfg.tgm_use_consistency else None,
             ),
+            "warp": lambda: warped_consistency(
+                pred, valid, *_require_flow(flow, consistent, static, cfg.warp)
+            ),
             "state_smooth": lambda: state_smoothing(
                 _require_states(states, cfg.state_smooth), static, moving_weight=cfg.state_moving_weight
             ),
@@ -193,6 +202,15 @@ class DistillationLoss(nn.Module):
             terms[name] = value.detach()
         terms["total"] = total.detach()
         return total, terms
+
+
+def _require_flow(flow: Tensor | None, consistent: Tensor | None, static: Tensor | None,
+                  weight: float) -> tuple[Tensor, Tensor]:
+    """The flow and the pixels the ``warp`` term uses (static and flow-consistent)."""
+    if flow is None or consistent is None or static is None:
+        raise ValueError(f"warp weight is {weight} but the flow, consistency and static masks were not all "
+                         "passed to the loss")
+    return flow, consistent & static
 
 
 def _require_states(states: Mapping[str, Tensor] | None, weight: float) -> Mapping[str, Tensor]:

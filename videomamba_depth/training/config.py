@@ -148,5 +148,5 @@ class TrainConfig(StageConfig):
     def single_frame_loss(self) -> LossConfig:
         """Loss of single-frame steps: the metric and SSI terms only (no temporal or extra spatial terms)."""
         return dataclasses.replace(
-            self.loss, tgm=0.0, state_smooth=0.0, silog=0.0, grad=0.0, hdn=0.0, grad_preserve=0.0
+            self.loss, tgm=0.0, warp=0.0, state_smooth=0.0, silog=0.0, grad=0.0, hdn=0.0, grad_preserve=0.0
         )

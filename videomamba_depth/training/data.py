@@ -28,7 +28,7 @@ from videomamba_depth.zarrio import StoreError, open_store, require_arrays
 
 PREPARED_ARRAYS = ("rgb",)
 TEACHER_ARRAYS = ("depth", "confidence", "valid", "K_used")
-FLOW_ARRAYS = ("consistent", "static")
+FLOW_ARRAYS = ("consistent", "static", "flow_fwd")
 
 
 @dataclass(frozen=True)
@@ -151,12 +151,13 @@ class ClipDataset(Dataset):
     ``dataset[Item(v, s, n)]``:
         ``rgb (n, 3, H, W)`` uint8, ``K (n, 3, 3)`` float32 (the teacher's ``K_used``), ``depth (n, H, W)``
         float32 metres, ``confidence (n, H, W)`` float32, ``valid (n, H, W)`` bool, and for the ``n - 1``
-        pairs inside the clip ``consistent`` and ``static`` ``(n - 1, H, W)`` bool; ``video`` and ``start``
-        as 0-dim int64.
+        pairs inside the clip ``consistent`` and ``static`` ``(n - 1, H, W)`` bool (and, with ``with_flow``,
+        ``flow_fwd`` ``(n - 1, H, W, 2)`` float32 pixels); ``video`` and ``start`` as 0-dim int64.
     """
 
-    def __init__(self, videos: Sequence[TrainingVideo]) -> None:
+    def __init__(self, videos: Sequence[TrainingVideo], with_flow: bool = False) -> None:
         self.videos = list(videos)
+        self.with_flow = with_flow
         self._pid: int | None = None
         self._stores: list[dict[str, zarr.Group]] = []
 
@@ -198,8 +199,12 @@ class ClipDataset(Dataset):
             "consistent": flow["consistent"][pairs],
             "static": flow["static"][pairs],
         }
+        if self.with_flow:
+            sample["flow_fwd"] = flow["flow_fwd"][pairs].astype(np.float32)
         if item.flip:
-            sample = {k: v if k == "K" else v[..., ::-1] for k, v in sample.items()}
+            sample = {k: v if k in ("K", "flow_fwd") else v[..., ::-1] for k, v in sample.items()}
+            if self.with_flow:  # (n - 1, H, W, 2): mirror the x axis, and du changes sign
+                sample["flow_fwd"] = sample["flow_fwd"][:, :, ::-1] * np.array([-1.0, 1.0], dtype=np.float32)
             sample["K"] = flip_K(sample["K"], video.width)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
         return {**out, "video": torch.tensor(item.video), "start": torch.tensor(item.start)}

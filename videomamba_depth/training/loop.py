@@ -365,7 +365,7 @@ class _Trainer(ResumableRun):
         torch.manual_seed(config.seed)
         self.videos = find_videos(config.videos, config.val_frames)
         self.preprocessing = prepared_preprocessing(self.videos)  # saved with every model file
-        self.dataset = ClipDataset(self.videos)
+        self.dataset = ClipDataset(self.videos, with_flow=config.loss.warp > 0)
         self.model: VideoMambaDepth = build_student(config.model)
         init_weights = None
         if config.init_from == "pretrain":
@@ -506,6 +506,7 @@ class _Trainer(ResumableRun):
                     confidence=batch["confidence"][:, frames],
                     consistent=batch["consistent"][:, pairs],
                     static=batch["static"][:, pairs],
+                    flow=batch["flow_fwd"][:, pairs] if "flow_fwd" in batch else None,
                     states=out.summaries,
                 )
                 weight = (stop - start) / num_frames  # chunk losses add up to the clip mean
