@@ -219,6 +219,16 @@ def test_parameter_groups_split_decay_and_scale_the_encoder_lr():
     assert backbone == {n for n, _ in model.named_parameters() if n.startswith("encoder.backbone.")}
     assert by_name["backbone"]["lr"] == pytest.approx(1e-4) and by_name["main"]["lr"] == 1e-3
     torch.optim.AdamW(groups)  # accepted as is
+    # A temporal factor moves exactly the temporal blocks into groups of their own, decay split kept.
+    split = {g["name"]: g for g in model.parameter_groups(1e-3, 0.1, 0.05, temporal_lr_factor=20.0)}
+    assert set(split) == {*by_name, "temporal", "temporal_no_decay"}
+    temporal = {names[id(p)] for key in ("temporal", "temporal_no_decay") for p in split[key]["params"]}
+    assert temporal == {n for n, _ in model.named_parameters() if n.startswith("temporal.")}
+    assert split["temporal"]["lr"] == split["temporal_no_decay"]["lr"] == pytest.approx(2e-2)
+    assert split["temporal"]["weight_decay"] == 0.05 and split["temporal_no_decay"]["weight_decay"] == 0
+    assert not any(n.startswith("temporal.") for p in split["main"]["params"] for n in [names[id(p)]])
+    with pytest.raises(ValueError, match="temporal_lr_factor"):
+        model.parameter_groups(1e-3, 0.1, 0.05, temporal_lr_factor=0.0)
 
 
 def test_frozen_encoder_gets_no_updates():

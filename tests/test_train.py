@@ -199,6 +199,9 @@ def test_optimizer_scales_the_encoder_lr_and_follows_the_schedule():
     assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
         {name: lr / 2 for name, lr in lrs.items()}
     )
+    # The train stage passes its temporal_lr_factor: the temporal blocks follow the same schedule.
+    optimizer, _ = build_optimizer(model, cfg, temporal_lr_factor=cfg.temporal_lr_factor * 10)
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups}["temporal"] == pytest.approx(1e-2)
 
 
 def test_config_rejects_unknown_and_inconsistent_keys():
@@ -208,7 +211,9 @@ def test_config_rejects_unknown_and_inconsistent_keys():
         TrainConfig.from_dict({"videos": ["a"], "loss": {"tgmm": 1.0}}, "train")
     with pytest.raises(ConfigError, match="chunk_size"):
         TrainConfig.from_dict({"videos": ["a"], "clip_len": 4, "chunk_size": 8}, "train")
-    assert config().single_frame_loss().weights().keys() <= {"metric_l1", "ssi"}
+    with pytest.raises(ConfigError, match="temporal_lr_factor"):
+        TrainConfig.from_dict({"videos": ["a"], "temporal_lr_factor": 0}, "train")
+    assert config(loss={"warp": 1.0}).single_frame_loss().weights().keys() <= {"metric_l1", "ssi"}
 
 
 def _reference_gradients(cfg, batch, *, detach: bool) -> dict[str, torch.Tensor]:

@@ -419,26 +419,32 @@ class VideoMambaDepth(nn.Module):
             f"temporal.{name}" for name, p in self.temporal.named_parameters() if name in zero and p.any()
         ]
 
-    def parameter_groups(self, lr: float, encoder_lr_factor: float, weight_decay: float) -> list[dict]:
+    def parameter_groups(self, lr: float, encoder_lr_factor: float, weight_decay: float,
+                         temporal_lr_factor: float = 1.0) -> list[dict]:
         """Optimizer parameter groups (``torch.optim.AdamW(model.parameter_groups(...))``).
 
-        The encoder backbone gets ``lr * encoder_lr_factor`` (e.g. 0.1 for a pretrained backbone), the rest
-        (adapters, camera, temporal blocks, decoder) ``lr``. Weight decay only on weight matrices and conv
-        kernels: not on biases, norm weights or ``NO_DECAY_NAMES``. Frozen parameters are left out. Each group
-        has a ``name`` (``backbone``, ``backbone_no_decay``, ``main``, ``main_no_decay``); empty groups are
-        dropped.
+        The encoder backbone gets ``lr * encoder_lr_factor`` (e.g. 0.1 for a pretrained backbone), the
+        temporal blocks ``lr * temporal_lr_factor`` (they start as the identity after per-frame pre-training,
+        with zero output projections, and need larger steps to leave it in a short fine-tune), the rest
+        (adapters, camera, decoder) ``lr``. Weight decay only on weight matrices and conv kernels: not on
+        biases, norm weights or ``NO_DECAY_NAMES``. Frozen parameters are left out. Each group has a
+        ``name`` (``backbone``, ``main``, ``temporal``, each also ``_no_decay``; the temporal blocks are in
+        ``main`` when ``temporal_lr_factor`` is 1); empty groups are dropped.
         """
-        if not (lr > 0 and encoder_lr_factor >= 0 and weight_decay >= 0):
+        if not (lr > 0 and encoder_lr_factor >= 0 and weight_decay >= 0 and temporal_lr_factor > 0):
             raise ValueError(
-                f"need lr > 0, encoder_lr_factor >= 0, weight_decay >= 0, got {lr}, "
-                f"{encoder_lr_factor}, {weight_decay}"
+                f"need lr > 0, encoder_lr_factor >= 0, weight_decay >= 0, temporal_lr_factor > 0, got {lr}, "
+                f"{encoder_lr_factor}, {weight_decay}, {temporal_lr_factor}"
             )
         backbone = {id(p) for p in self.encoder.backbone.parameters()}
+        temporal = {id(p) for p in self.temporal.parameters()} if temporal_lr_factor != 1 else set()
         groups: dict[str, dict] = {
             "backbone": {"lr": lr * encoder_lr_factor, "weight_decay": weight_decay},
             "backbone_no_decay": {"lr": lr * encoder_lr_factor, "weight_decay": 0.0},
             "main": {"lr": lr, "weight_decay": weight_decay},
             "main_no_decay": {"lr": lr, "weight_decay": 0.0},
+            "temporal": {"lr": lr * temporal_lr_factor, "weight_decay": weight_decay},
+            "temporal_no_decay": {"lr": lr * temporal_lr_factor, "weight_decay": 0.0},
         }
         for group in groups.values():
             group["params"] = []
@@ -446,8 +452,8 @@ class VideoMambaDepth(nn.Module):
             if not param.requires_grad:
                 continue
             decay = param.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
-            key = ("backbone" if id(param) in backbone else "main") + ("" if decay else "_no_decay")
-            groups[key]["params"].append(param)
+            part = "backbone" if id(param) in backbone else "temporal" if id(param) in temporal else "main"
+            groups[part + ("" if decay else "_no_decay")]["params"].append(param)
         return [{"name": key, **group} for key, group in groups.items() if group["params"]]
 
     def _frame_features(self, frames: Tensor, K: Tensor, has_K: Tensor | None = None) -> dict[str, Tensor]:

@@ -63,6 +63,8 @@ class TrainConfig(StageConfig):
         steps: optimizer steps (a fixed count, never a timer, so runs are reproducible).
         chunk_size: truncated-BPTT chunk length: states are carried between chunks and detached.
         lr, encoder_lr_factor, weight_decay: AdamW; the encoder backbone gets ``lr * encoder_lr_factor``.
+        temporal_lr_factor: the temporal blocks get ``lr * temporal_lr_factor`` (> 0): they start as the
+            identity after per-frame pre-training and need larger steps than the fine-tuned rest.
         lr_schedule: after a linear warm-up of ``warmup_steps``, ``cosine`` decay to ``lr * min_lr_ratio``
             at the last step, or ``step`` decay: ``lr * lr_gamma ** k`` after ``k * lr_step_size`` steps
             (:func:`~videomamba_depth.training.loop.learning_rate_factor`).
@@ -93,6 +95,7 @@ class TrainConfig(StageConfig):
     chunk_size: int = 4
     lr: float = 1e-3
     encoder_lr_factor: float = 1.0
+    temporal_lr_factor: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 30
     lr_schedule: Literal["cosine", "step"] = "cosine"
@@ -129,6 +132,8 @@ class TrainConfig(StageConfig):
             raise ValueError(f"chunk_size ({self.chunk_size}) must not exceed clip_len ({self.clip_len})")
         if not 0.0 <= self.p_single_frame <= 1.0:
             raise ValueError(f"p_single_frame must be in [0, 1], got {self.p_single_frame}")
+        if not self.temporal_lr_factor > 0:
+            raise ValueError(f"temporal_lr_factor must be > 0, got {self.temporal_lr_factor}")
         model = self.model
         if model.freeze_encoder and self.init_from is None and model.encoder == "cnn" and (
             model.encoder_checkpoint is None

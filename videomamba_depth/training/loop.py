@@ -115,16 +115,18 @@ def learning_rate_factor(step: int, config: Schedule) -> float:
 
 
 def build_optimizer(
-    model: VideoMambaDepth, config: Schedule, extra: nn.Module | None = None
+    model: VideoMambaDepth, config: Schedule, extra: nn.Module | None = None, temporal_lr_factor: float = 1.0
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``model``'s trainable parameters (:meth:`VideoMambaDepth.parameter_groups`: the encoder
-    backbone at ``lr * encoder_lr_factor``, no decay on biases and norms) and its :func:`learning_rate_factor`
-    schedule; the one optimizer of both training stages.
+    backbone at ``lr * encoder_lr_factor``, the temporal blocks at ``lr * temporal_lr_factor``, no decay on
+    biases and norms) and its :func:`learning_rate_factor` schedule; the one optimizer of both training
+    stages (pre-training never trains the temporal blocks, so only ``train`` passes a factor).
 
     ``extra``: training-only modules (pretrain's feature projector) trained at ``lr`` with weight decay on
     all their parameters (its bias too), in a group named ``extra``.
     """
-    groups = model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay)
+    groups = model.parameter_groups(config.lr, config.encoder_lr_factor, config.weight_decay,
+                                    temporal_lr_factor)
     if extra is not None:
         groups.append({"name": "extra", "params": list(extra.parameters()), "lr": config.lr,
                        "weight_decay": config.weight_decay})
@@ -371,7 +373,8 @@ class _Trainer(ResumableRun):
         if config.init_from == "pretrain":
             init_weights = init_from_pretrained(self.model, pretrained)
         self.model.to(context.device)
-        self.optimizer, self.scheduler = build_optimizer(self.model, config)
+        self.optimizer, self.scheduler = build_optimizer(self.model, config,
+                                                         temporal_lr_factor=config.temporal_lr_factor)
         # fp16 is not used (bf16 needs no loss scaling); the scaler is kept so checkpoints have one schema.
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=False)
         self.clip_loss = DistillationLoss(config.loss)
