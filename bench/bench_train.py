@@ -88,7 +88,7 @@ def loader_rate(cfg: TrainConfig, workers: int, batches: int) -> float:
         color_jitter=cfg.color_jitter,
     )
     loader = DataLoader(
-        ClipDataset(videos),
+        ClipDataset(videos, with_flow=cfg.loss.warp > 0),  # what training reads
         batch_sampler=plan,
         collate_fn=collate,
         num_workers=workers,

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import zarr
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from training_fixtures import TINY_MODEL, killed_after_checkpoint, write_training_video
@@ -199,9 +200,13 @@ def test_optimizer_scales_the_encoder_lr_and_follows_the_schedule():
     assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
         {name: lr / 2 for name, lr in lrs.items()}
     )
-    # The train stage passes its temporal_lr_factor: the temporal blocks follow the same schedule.
-    optimizer, _ = build_optimizer(model, cfg, temporal_lr_factor=cfg.temporal_lr_factor * 10)
+    # With a temporal factor the temporal blocks get their own rate and follow the same schedule.
+    optimizer, scheduler = build_optimizer(model, cfg, temporal_lr_factor=10.0)
     assert {g["name"]: g["lr"] for g in optimizer.param_groups}["temporal"] == pytest.approx(1e-2)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups}["temporal"] == pytest.approx(5e-3)
 
 
 def test_config_rejects_unknown_and_inconsistent_keys():
@@ -296,6 +301,13 @@ def test_train_with_the_normalised_objectives_and_a_step_schedule(project):
     summary = json.loads((project / "data" / "train" / "dvclive" / "metrics.json").read_text())["train"]
     assert summary["hdn"] > 0 and summary["grad_preserve"] > 0 and math.isfinite(result.best_metric)
     assert summary["lr"] == pytest.approx(1e-3 * 0.25)
+
+
+def test_trainer_gives_the_temporal_blocks_their_factor(project):
+    trainer = _Trainer(config(lr=1e-3, temporal_lr_factor=4.0), project / "out",
+                       Distributed(0, 1, torch.device("cpu")))
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["temporal"] / lrs["main"] == pytest.approx(4.0)
 
 
 def test_train_with_the_warp_term(project):
@@ -406,8 +418,14 @@ def test_flip_augmentation_mirrors_frames_and_intrinsics(project):
         assert torch.equal(flipped[key], plain[key].flip(-1)), key
     assert "flow_fwd" not in plain  # read only for the warp term
     with_flow = ClipDataset(find_videos(["a"], 4), with_flow=True)
+    # A flow that varies along x and y (the fixture's is constant), so a mirrored wrong axis shows.
+    flow_store = zarr.open_group(str(project / "data" / "flow" / "a.zarr"), mode="r+")["flow_fwd"]
+    ramp = np.stack(np.meshgrid(np.arange(flow_store.shape[2]), np.arange(flow_store.shape[1])), axis=-1)
+    flow_store[:] = (ramp[None] * np.array([0.5, -0.25]) + np.arange(flow_store.shape[0])[:, None, None, None]
+                     ).astype(np.float16)
     flow, flow_flipped = with_flow[Item(0, 2, 3)]["flow_fwd"], with_flow[Item(0, 2, 3, flip=True)]["flow_fwd"]
     assert flow.shape == (2, *plain["depth"].shape[1:], 2) and flow.abs().max() > 0
+    assert flow[0, 0, 3, 0] == 2 + 1.5 and flow[0, 3, 0, 1] == 2 - 0.75  # pair 2: its x and y ramps
     # Mirrored: the x axis reversed and du negated, so a point's mirrored path is its path mirrored.
     assert torch.equal(flow_flipped, flow.flip(-2) * torch.tensor([-1.0, 1.0]))
     K = plain["K"][0].double().numpy()
