@@ -92,7 +92,8 @@ def warped_consistency(pred: Tensor, valid: Tensor, flow: Tensor, mask: Tensor) 
                          f"do not match depth {tuple(pred.shape)}: need (B, N-1, H, W, 2), (B, N-1, H, W) "
                          "and (B, N, H, W)")
     with fp32_island(pred.device):
-        log_pred = torch.log(pred.float().clamp_min(1e-6))
+        # 0 on invalid pixels, which are never read: kept targets have all four neighbours valid.
+        log_pred = masked_log(pred, valid)
         v, u = torch.meshgrid(torch.arange(H, device=pred.device, dtype=torch.float32),
                               torch.arange(W, device=pred.device, dtype=torch.float32), indexing="ij")
         target_u, target_v = u + flow[..., 0].float(), v + flow[..., 1].float()

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from videomamba_depth.camera import pixel_grid
+
 # Most samples averaged for one pixel's motion blur (one per pixel of streak length, plus one).
 MAX_BLUR_TAPS = 9
 # Per-frame random stream of a scene's sensor, apart from the layout's and textures' SeedSequence streams.
@@ -82,10 +84,10 @@ def motion_blur(image: np.ndarray, flow: np.ndarray, shutter: float) -> np.ndarr
     taps = min(MAX_BLUR_TAPS, math.ceil(streak) + 1)
     if taps < 2:
         return image
-    height, width = image.shape[:2]
-    u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    uv = pixel_grid(*image.shape[:2]).astype(np.float32)
     total = np.zeros_like(image)
     for s in np.linspace(-shutter / 2, shutter / 2, taps, dtype=np.float32):
-        total += cv2.remap(image, u + s * flow[..., 0], v + s * flow[..., 1], cv2.INTER_LINEAR,
+        target = uv + s * flow
+        total += cv2.remap(image, target[..., 0], target[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT)
     return total / taps
