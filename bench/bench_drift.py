@@ -28,7 +28,9 @@ import numpy as np
 
 from bench.common import RESULTS, write_results
 from videomamba_depth.config import load_params, load_section
+from videomamba_depth.evaluation.pipeline import EvaluateConfig
 from videomamba_depth.inference.infer import InferConfig, infer_video
+from videomamba_depth.metrics.depth import evaluate_sequence, evaluation_mask
 from videomamba_depth.metrics.temporal import scale_drift
 from videomamba_depth.synth import SynthConfig, write_synth_video
 from videomamba_depth.synth.export import GT_STORE, INTRINSICS_FILE, VIDEO_FILE
@@ -41,20 +43,21 @@ TARGET_SCALE_SPREAD = 0.03
 CHUNK = 200  # frames compared at a time (memory stays flat whatever the length)
 
 
-def frame_errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def frame_errors(pred: np.ndarray, gt: np.ndarray, config: EvaluateConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame least-squares scale and AbsRel (alignment none) of ``pred`` vs ``gt``, both ``(T, H, W)``
-    metres; the truth is > 0 everywhere in the synthetic set."""
+    metres, scored as the evaluate stage scores a video (its ``min_depth`` / ``max_depth`` mask and clip)."""
     pred = pred.astype(np.float64)
-    valid = gt > 0
-    scale = scale_drift(pred, gt, valid).scale
-    abs_rel = (np.abs(pred - gt) / np.where(valid, gt, 1.0) * valid).sum(axis=(1, 2)) / valid.sum(axis=(1, 2))
-    return scale, abs_rel
+    scored = evaluate_sequence(pred, gt, None, max_depth=config.max_depth, min_depth=config.min_depth)
+    mask = evaluation_mask(gt, None, max_depth=config.max_depth, min_depth=config.min_depth)
+    return scale_drift(pred, gt, mask).scale, scored.per_frame["abs_rel"]
 
 
 def measure(checkpoint: Path, frames: int, seed: int, workdir: Path,
             threads: int | None) -> tuple[dict, np.ndarray, np.ndarray]:
     """The numbers of the module docstring, and the per-frame scale and AbsRel curves ``(T,)``."""
-    synth = load_section(SynthConfig, "synth", load_params())
+    params = load_params()
+    synth = load_section(SynthConfig, "synth", params)
+    evaluate = load_section(EvaluateConfig, "evaluate", params)
     synth = dataclasses.replace(synth, num_frames=(frames, frames), videos={"long": seed})
     video_dir = workdir / "long"
     start = time.perf_counter()
@@ -67,7 +70,7 @@ def measure(checkpoint: Path, frames: int, seed: int, workdir: Path,
     pred, gt = open_store(workdir / "depth.zarr", "depth")["depth"], open_store(video_dir / GT_STORE)["depth"]
     scales, abs_rels = [], []
     for t0 in range(0, frames, CHUNK):
-        s, a = frame_errors(pred[t0 : t0 + CHUNK], gt[t0 : t0 + CHUNK])
+        s, a = frame_errors(pred[t0 : t0 + CHUNK], gt[t0 : t0 + CHUNK], evaluate)
         scales.append(s)
         abs_rels.append(a)
     scale, abs_rel = np.concatenate(scales), np.concatenate(abs_rels)

@@ -9,13 +9,15 @@ import pytest
 from training_fixtures import tiny_model_config
 
 from bench import bench_drift
+from videomamba_depth.evaluation.pipeline import EvaluateConfig
 from videomamba_depth.models import build_student, save_student
 
 
 def test_frame_errors_known_answers():
     gt = np.random.default_rng(0).uniform(1.0, 5.0, (3, 6, 8))
     pred = gt * np.array([1.1, 1.0, 0.5])[:, None, None]
-    scale, abs_rel = bench_drift.frame_errors(pred.astype(np.float16), gt)
+    scored_as = EvaluateConfig(videos=["held_out"])  # the evaluate stage's depth range
+    scale, abs_rel = bench_drift.frame_errors(pred.astype(np.float16), gt, scored_as)
     np.testing.assert_allclose(scale, [1 / 1.1, 1.0, 2.0], rtol=2e-3)  # float16 predictions, as stored
     np.testing.assert_allclose(abs_rel, [0.1, 0.0, 0.5], atol=2e-3)
 
