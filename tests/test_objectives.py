@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from test_teacher import NO_CORRUPTION
 from training_fixtures import tiny_model_config
 
 from videomamba_depth.config import ConfigError
@@ -216,9 +217,7 @@ def test_ground_truth_teacher_is_the_view_itself():
 
 def test_synthetic_teacher_corrupts_ground_truth_reproducibly():
     view = image_view()
-    exact = {k: 0.0 for k in ("synthetic_scale_jitter", "synthetic_scale_drift", "synthetic_noise_std",
-                              "synthetic_edge_width", "synthetic_focal_error",
-                              "synthetic_brightness_coupling", "synthetic_texture_coupling")}
+    exact = NO_CORRUPTION
     cpu = torch.device("cpu")
     clean = build_image_teacher(config(teacher="synthetic", teacher_settings=exact), cpu)(view)
     torch.testing.assert_close(clean.depth, view.depth)  # no corruption: the ground truth

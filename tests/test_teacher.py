@@ -18,6 +18,10 @@ from videomamba_depth.zarrio import (
 )
 
 PAD = (3, 2, 4, 1)  # left, top, right, bottom
+# Every corruption of the synthetic teacher switched off: its depth is the ground truth.
+NO_CORRUPTION = {"synthetic_scale_jitter": 0.0, "synthetic_scale_drift": 0.0, "synthetic_noise_std": 0.0,
+                 "synthetic_edge_width": 0.0, "synthetic_focal_error": 0.0,
+                 "synthetic_brightness_coupling": 0.0, "synthetic_texture_coupling": 0.0}
 
 
 def scene(T: int = 12, h: int = 30, w: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,9 +134,7 @@ def test_synthetic_teacher_is_deterministic_per_frame(synth_video):
 
 def test_synthetic_teacher_magnitudes_are_params(synth_video):
     path, rgb, depth, *_ = synth_video
-    zero = {"synthetic_scale_jitter": 0.0, "synthetic_scale_drift": 0.0, "synthetic_noise_std": 0.0,
-            "synthetic_edge_width": 0.0, "synthetic_focal_error": 0.0, "synthetic_brightness_coupling": 0.0,
-            "synthetic_texture_coupling": 0.0}
+    zero = NO_CORRUPTION
     out = synthetic_teacher(path, **zero).predict(rgb, None, np.arange(12))
     np.testing.assert_allclose(out.depth, depth, rtol=1e-6)
     np.testing.assert_allclose(out.confidence, 1.0)
@@ -266,11 +268,9 @@ def test_synthetic_teacher_error_that_follows_the_frame(synth_video):
     answers: a uniform frame of mean luminance L scales depth by (L / 0.5) ** brightness_coupling, and
     fine detail prints into log depth times texture_coupling."""
     path, rgb, depth, *_ = synth_video
-    off = {"synthetic_scale_jitter": 0.0, "synthetic_scale_drift": 0.0, "synthetic_noise_std": 0.0,
-           "synthetic_edge_width": 0.0, "synthetic_focal_error": 0.0}
     T = len(rgb)
     grey = np.full_like(rgb, 64)  # luminance 64 / 255 everywhere, no detail
-    bright = synthetic_teacher(path, **off, synthetic_brightness_coupling=0.4, synthetic_texture_coupling=0.0)
+    bright = synthetic_teacher(path, **{**NO_CORRUPTION, "synthetic_brightness_coupling": 0.4})
     out = bright.predict(grey, None, np.arange(T)).depth
     np.testing.assert_allclose(out / depth, (64 / 255 / 0.5) ** 0.4, rtol=1e-5)
     # The same frame at any index gives the same depth: nothing here is drawn per frame.
@@ -278,13 +278,12 @@ def test_synthetic_teacher_error_that_follows_the_frame(synth_video):
     np.testing.assert_allclose(same, np.broadcast_to(same[:1], same.shape), rtol=1e-6)
     # Texture copying: none on a uniform frame; on vertical stripes, a log-depth ripple across x whose
     # amplitude scales with the coupling and which is flat down each column.
-    texture = {**off, "synthetic_brightness_coupling": 0.0}
-    flat = synthetic_teacher(path, **texture, synthetic_texture_coupling=0.5).predict(grey, None,
-                                                                                       np.arange(T))
+    flat = synthetic_teacher(path, **{**NO_CORRUPTION, "synthetic_texture_coupling": 0.5}).predict(
+        grey, None, np.arange(T))
     np.testing.assert_allclose(flat.depth, depth, rtol=1e-6)
     stripes = np.broadcast_to(np.where(np.arange(rgb.shape[2]) % 6 < 3, 200, 60)[None, None, :, None],
                               rgb.shape).astype(np.uint8)
-    ripple = {k: np.log(synthetic_teacher(path, **texture, synthetic_texture_coupling=k)
+    ripple = {k: np.log(synthetic_teacher(path, **{**NO_CORRUPTION, "synthetic_texture_coupling": k})
                         .predict(stripes, None, np.arange(T)).depth / depth) for k in (0.25, 0.5)}
     assert 0.02 < np.abs(ripple[0.25]).mean() < 0.2
     np.testing.assert_allclose(ripple[0.5], 2 * ripple[0.25], rtol=1e-4, atol=1e-6)
