@@ -113,6 +113,23 @@ def test_export_metadata_names_and_shapes(exported):
         runner(np.zeros((30, W, 3), np.uint8), np.eye(3))
 
 
+def test_global_scale_path_exports_with_a_one_row_state(tmp_path):
+    model = tiny_model(3, global_scale_blocks=1).eval()
+    save_student(tmp_path / "student.safetensors", model)
+    out = tmp_path / "step.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "student.safetensors"), "--out", str(out),
+                 "--size", str(H), str(W)]) == 0
+    meta = read_export_metadata(out)
+    specs = {s["input"]: s for s in meta["states"]}
+    assert specs["state.global_scale.0.ssm"]["stride"] is None
+    assert zero_states(meta, H, W)["state.global_scale.0.ssm"].shape[0] == 1
+    rgb, K = video(12, H, W, seed=5)
+    expected, _ = torch_depths(model, rgb, K)
+    runner = OnnxStreamingDepth(out, threads=1)
+    got = np.stack([runner(frame, K) for frame in rgb])
+    assert np.abs(got - expected).max() <= TOL * np.abs(expected).max()
+
+
 @pytest.mark.slow  # the symbolic-shape export takes about 40 s on 2 cores
 def test_dynamic_size_export_runs_other_sizes(tmp_path):
     model = tiny_model(2).eval()

@@ -311,6 +311,56 @@ def test_clone_and_to_keep_snapshots_independent():
             assert torch.equal(ta, tc) and tc.dtype == ta.dtype
 
 
+# --- global scale path -------------------------------------------------------------------------------------
+
+
+def test_global_scale_path_streams_like_a_clip_and_carries_scale_over_time():
+    # Only the global path is live (the feature-scale mixers stay the identity): what one frame's depth
+    # takes from earlier frames comes through the one-token-per-frame state.
+    torch.manual_seed(3)
+    model = build_student(ModelConfig.from_dict({**TINY, "global_scale_blocks": 1}))
+    randomise_(model, 3, keep_zero=("temporal.s16", "temporal.s32"))
+    rgb, K = clip_inputs(12, 2, 5, 30, 44)
+    with torch.no_grad():
+        full = model(rgb, K)
+        first = model(rgb[:, :2], K[:, :2])
+        second = model(rgb[:, 2:], K[:, 2:], first.states)
+        stepped, states = run_steps(model, rgb, K)
+        alone = model(rgb[:, -1:], K[:, -1:]).depth[:, 0]
+    assert full.states.geometry()["global_scale"] == (1, 1) and full.states["global_scale"].num_tokens == 2
+    assert full.summaries["global_scale"].shape == (2, 5, 16, 1, 1)
+    assert rel_err(torch.cat([first.depth, second.depth], dim=1), full.depth) <= TOL
+    assert rel_err(stepped, full.depth) <= TOL
+    assert_states_close(states, full.states)
+    # The earlier frames change the last frame's depth by one factor per frame (a log-scale offset):
+    ratio = full.depth[:, -1] / alone
+    assert (ratio - 1).abs().amin(dim=(1, 2)).min() > 1e-3
+    assert (ratio.amax(dim=(1, 2)) / ratio.amin(dim=(1, 2)) - 1).max() < 1e-5
+
+
+def test_global_scale_readout_scales_the_whole_frame_and_starts_at_zero():
+    torch.manual_seed(4)
+    config = ModelConfig.from_dict({**TINY, "global_scale_blocks": 2})
+    fresh = randomise_(build_student(config), 4, keep_zero=("temporal.", "global_head"))
+    plain = build_student(ModelConfig.from_dict(TINY))
+    missing, unexpected = plain.load_state_dict(fresh.state_dict(), strict=False)
+    assert missing == [] and unexpected and all("global" in k for k in unexpected)  # same weights, no path
+    rgb, K = clip_inputs(13, 1, 3, 30, 40)
+    with torch.no_grad():
+        assert torch.equal(fresh(rgb, K).depth, plain(rgb, K).depth)  # zero readout: no offset
+        fresh.global_head.bias.fill_(math.log(2.0))
+        assert rel_err(fresh(rgb, K).depth, 2 * plain(rgb, K).depth) <= TOL
+        # Per frame, the pooled token decides the offset: forward_frames is forward on one-frame clips.
+        randomise_(fresh, 5, keep_zero=("temporal.",))
+        frames = fresh.forward_frames(rgb[0], K[0])
+        clips = torch.cat([fresh(rgb[:, t : t + 1], K[:, t : t + 1]).depth[0] for t in range(3)])
+    assert rel_err(frames, clips) <= TOL
+    assert fresh.temporal_identity_violations() == []
+    assert "temporal.global_scale.temporal.blocks.1.mixer.out_proj.weight" in dict(fresh.named_parameters())
+    with pytest.raises(ValueError, match="global_scale_blocks"):
+        ModelConfig(global_scale_blocks=-1)
+
+
 # --- configuration, precision, the default model ------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from videomamba_depth.losses import pair_ranking_loss
 from videomamba_depth.models import ModelConfig, build_student, load_student, save_student
 from videomamba_depth.models.io import load_preprocessing
 from videomamba_depth.pretraining import PretrainConfig, pretrain
-from videomamba_depth.pretraining.loop import with_default_K
+from videomamba_depth.pretraining.loop import data_fingerprint, with_default_K
 from videomamba_depth.synth.images import SynthImagesConfig, write_synth_images
 from videomamba_depth.synth.render import Renderer
 from videomamba_depth.synth.scene import SynthConfig, sample_scene
@@ -73,6 +73,27 @@ def test_image_set_is_deterministic_parallel_identical_and_readable(tmp_path):
     assert np.array_equal(sample["rgb"].permute(1, 2, 0).numpy(), frame.rgb)
     assert np.array_equal(sample["depth"].numpy(), frame.depth)
     assert np.allclose(sample["K"].numpy(), frame.K) and bool(sample["has_K"])
+
+
+def test_data_fingerprint_follows_contents_not_modification_times(tmp_path):
+    # The fingerprint is saved in the resumable state, a dvc.lock output: a fresh clone re-renders the set,
+    # so a time-stamped fingerprint would change the state's bytes on every machine.
+    synth = SynthConfig.from_dict(TINY_SYNTH)
+    root = write_synth_images(SynthImagesConfig(count=3, val_count=1, seed_start=1000, processes=1), synth,
+                              tmp_path / "set")
+    dataset_config = ImageDatasetConfig(format="filelist", root=str(root), split="train.txt")
+
+    def fingerprint() -> str:
+        return data_fingerprint([open_image_dataset(dataset_config, long_edge=32, pad_multiple=2)])
+
+    before = fingerprint()
+    rgb = root / (root / "train.txt").read_text().split()[0]
+    rgb.write_bytes(rgb.read_bytes())  # same bytes, new modification time
+    assert fingerprint() == before
+    content = bytearray(rgb.read_bytes())
+    content[-1] ^= 1  # same size, one bit flipped
+    rgb.write_bytes(bytes(content))
+    assert fingerprint() != before
 
 
 def test_image_seeds_must_avoid_video_seeds(tmp_path):

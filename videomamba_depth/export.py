@@ -9,8 +9,9 @@ The exported graph is :meth:`VideoMambaDepth.step` for one stream (batch 1):
 
 State tensors of temporal scale ``s`` (stride 16 or 32) hold one row per feature cell,
 ``L_s = ceil(H_p / s) * ceil(W_p / s)`` with ``H_p, W_p`` = H, W rounded up to the encoder's
-``pad_multiple``; per Mamba block ``conv (L_s, d_conv - 1, conv_dim)`` (float32) and
-``ssm (L_s, nheads, headdim, d_state)`` (float32). The first frame of a video gets zeros; every later frame
+``pad_multiple`` (the global scale path's state, ``state.global_scale.*``, has one row: stride null in the
+metadata); per Mamba block ``conv (L_s, d_conv - 1, conv_dim)`` (float32) and ``ssm (L_s, nheads, headdim,
+d_state)`` (float32). The first frame of a video gets zeros; every later frame
 the previous call's ``next_state.*``. With a fixed image size (the default) H, W and every ``L_s`` are
 constants of the graph; ``dynamic=True`` leaves H, W symbolic (``L_s`` follows them). The layout is also
 stored in the model's metadata (``videomamba_depth.export``, JSON), which :class:`OnnxStreamingDepth` reads.
@@ -61,7 +62,7 @@ class StateTensor:
     """One state tensor of the exported step.
 
     Attributes:
-        scale: temporal scale name (``s16``, ``s32``).
+        scale: temporal scale name (``s16``, ``s32``, or ``global_scale`` for the global scale path).
         block: Mamba block index within the scale.
         part: ``conv`` (the causal conv window) or ``ssm`` (the SSM state).
         shape: its shape for a given frame size, ``(L_s, ...)``.
@@ -105,7 +106,7 @@ class StepGraph(nn.Module):
 
     def forward(self, rgb: Tensor, K: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
         height, width = rgb.shape[-2:]
-        sizes = self.model.encoder.feature_sizes(height, width)
+        sizes = self.model.state_sizes(height, width)
         pairs = iter(zip(flat[0::2], flat[1::2], strict=True))  # (conv, ssm) per block, in graph order
         scales = [ScaleState(tuple(BlockState(*next(pairs)) for _ in range(n))) for n in self.blocks.values()]
         states = StudentStates(
@@ -129,7 +130,8 @@ def export_metadata(model: VideoMambaDepth, height: int | None, width: int | Non
         "outputs": ["depth", *(s.output_name for s in layout)],
         "states": [
             {"input": s.input_name, "output": s.output_name, "scale": s.scale,
-             "stride": STRIDES[SCALES.index(s.scale)], "block": s.block, "part": s.part,
+             "stride": STRIDES[SCALES.index(s.scale)] if s.scale in SCALES else None,
+             "block": s.block, "part": s.part,
              "shape_after_tokens": list(s.shape[1:]), "dtype": "float32"}
             for s in layout
         ],
@@ -218,8 +220,8 @@ def zero_states(meta: dict[str, Any], height: int, width: int) -> dict[str, np.n
     hp, wp = (height + m - 1) // m * m, (width + m - 1) // m * m
     out = {}
     for s in meta["states"]:
-        stride = s["stride"]
-        tokens = ((hp + stride - 1) // stride) * ((wp + stride - 1) // stride)
+        stride = s["stride"]  # None: one row for the whole frame (the global scale path)
+        tokens = 1 if stride is None else ((hp + stride - 1) // stride) * ((wp + stride - 1) // stride)
         out[s["input"]] = np.zeros((tokens, *s["shape_after_tokens"]), dtype=np.float32)
     return out
 

@@ -8,10 +8,15 @@ Data flow for a clip ``rgb (B, N, 3, H, W)``, ``K (B, N, 3, 3)``:
    in the ViT's sequence (``camera_tokens.CameraEncoder``);
 2. at the temporal scales (default ``s16``, ``s32``): ``TemporalFeatureMixer`` (``SpatialPreMix`` -> one token
    per position -> ``TemporalMambaScale`` along time -> back), the only place frames interact, causally;
+   with ``global_scale_blocks`` > 0 also a global scale path: one token per frame (1x1 conv + GELU of the
+   ``s32`` features, averaged over the map) through its own ``TemporalFeatureMixer`` (state name
+   ``global_scale``), read out by a linear layer as a log-scale offset of the whole frame's depth, so evidence
+   for the scene's metric scale gathered over past views can steady the present one, as streaming metric
+   models do;
 3. every frame, independently: DPT-style fusion and head (``decoder.DepthDecoder``; output layer ``head``:
    ``dpt`` or ZoeDepth's metric bins ``zoe_bins``) -> canonical log depth at stride 2 -> bilinear to the
-   padded size -> crop to ``H x W`` -> ``+ log(f / f_c)`` (canonical focal scaling, ``rays`` docstring) ->
-   clamp to ``DEPTH_RANGE`` -> exp: metric z-depth in metres.
+   padded size -> crop to ``H x W`` -> ``+ log(f / f_c)`` (canonical focal scaling, ``rays`` docstring)
+   ``+`` the global log-scale offset (if any) -> clamp to ``DEPTH_RANGE`` -> exp: metric z-depth in metres.
 
 Because steps 1 and 3 are per frame and the temporal blocks are causal SSMs with carried states, ``forward``
 on a whole clip, ``forward`` on consecutive pieces with the returned states, and ``step`` frame by frame give
@@ -19,9 +24,9 @@ the same depths (fp32, up to float rounding; ``tests/test_models.py``). Only per
 (GroupNorm, LayerNorm), so this also holds in train mode and for any batch composition.
 
 A fresh model is a per-frame model: the temporal blocks' output projections and ``SpatialPreMix`` are
-zero-initialised (the SSM core makes a fresh mixer exactly the identity), and so are the ray FiLMs and the
-``dpt`` head's last conv, so it predicts ``init_depth * f / f_c`` everywhere (``zoe_bins``: the expectation
-over its freshly initialised bins instead).
+zero-initialised (the SSM core makes a fresh mixer exactly the identity), and so are the ray FiLMs, the
+global scale readout and the ``dpt`` head's last conv, so it predicts ``init_depth * f / f_c`` everywhere
+(``zoe_bins``: the expectation over its freshly initialised bins instead).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ SIZE_BOUNDS = {
     "ray_hidden": (1, 8192),
     "cnn_blocks": (0, 256),
     "temporal_blocks": (1, 256),
+    "global_scale_blocks": (0, 256),
     "d_state": (1, 1024),
     "d_conv": (1, 64),
     "expand": (1, 64),
@@ -85,6 +91,10 @@ CAMERA_CONFIG_KEYS = ("camera", "ray_hidden", "cam_tokens", "cam_blocks", "cam_t
 # Parameters never weight-decayed besides biases and norm weights (all 1-D): the SSM's decay rates, skip
 # and step-size biases (as in mamba_ssm's `_no_weight_decay`), ViT token/position embeddings and the camera
 # encoder's learned token queries.
+# Name of the global scale path's state in ``StudentStates`` (a pseudo-scale of 1 x 1 cells, next to the
+# temporal feature scales) and the encoder scale whose features it pools.
+GLOBAL, GLOBAL_SOURCE = "global_scale", "s32"
+
 NO_DECAY_NAMES = frozenset(
     {"A_log", "D", "dt_bias", "pos_embed", "cls_token", "reg_token", "mask_token", "queries"}
 )
@@ -122,6 +132,8 @@ class ModelConfig(StageConfig):
     Temporal SSM (see ``videomamba_depth.ssm.TemporalMambaScale``):
         temporal_scales: scales with temporal mixing (subset of s4, s8, s16, s32; empty = per-frame model).
         temporal_blocks: Mamba blocks per temporal scale (same order).
+        global_scale_blocks: Mamba blocks of the global scale path (0 = no global path): one token per frame
+            pooled from the ``s32`` features, its SSM output read as a log-scale offset of the frame's depth.
         d_state, d_conv, expand, headdim, ffn_mult: Mamba block sizes; ``expand * width`` must be a multiple
             of ``headdim`` at every temporal scale.
         ssm_backend: ``torch`` (pure PyTorch, any device) or ``cuda`` (mamba-ssm kernels).
@@ -162,6 +174,7 @@ class ModelConfig(StageConfig):
     cam_token_inject_layer: int = 4
     temporal_scales: tuple[str, ...] = ("s16", "s32")
     temporal_blocks: tuple[int, ...] = (1, 2)
+    global_scale_blocks: int = 0
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
@@ -213,7 +226,7 @@ class ModelConfig(StageConfig):
                 f"temporal_blocks needs one value >= 1 per temporal scale, got "
                 f"{list(self.temporal_blocks)} for {list(self.temporal_scales)}"
             )
-        for name in self.temporal_scales:
+        for name in (*self.temporal_scales, *([GLOBAL_SOURCE] if self.global_scale_blocks else [])):
             width = self.widths[SCALES.index(name)]
             if (self.expand * width) % self.headdim:
                 raise ValueError(
@@ -283,6 +296,13 @@ class VideoMambaDepth(nn.Module):
         else:
             self.camera = CameraEncoder(encoder.token_dim, config.cam_tokens, config.cam_blocks)
         self.temporal = _temporal_mixers(config, encoder.channels)
+        if config.global_scale_blocks:
+            width = encoder.channels[GLOBAL_SOURCE]
+            self.global_pool = nn.Sequential(nn.Conv2d(width, width, 1), nn.GELU())
+            # Zero readout: a fresh global path adds nothing (log-scale offset 0).
+            self.global_head = nn.Linear(width, 1)
+            nn.init.zeros_(self.global_head.weight)
+            nn.init.zeros_(self.global_head.bias)
         self.decoder = DepthDecoder(
             encoder.channels, config.decoder_widths, config.head_width,
             partial(HEADS[config.head].from_config, config),
@@ -313,10 +333,10 @@ class VideoMambaDepth(nn.Module):
     ) -> StudentStates:
         """Zero states (what ``states=None`` means) for ``batch`` streams of ``height x width`` frames.
 
-        Token counts come from the padded feature sizes (``Encoder.feature_sizes``); ``dtype`` is the SSM
-        conv windows' (the SSM states are fp32 whatever it is).
+        Token counts come from the padded feature sizes (``Encoder.feature_sizes``; the global path has one
+        token per stream); ``dtype`` is the SSM conv windows' (the SSM states are fp32 whatever it is).
         """
-        sizes = self.encoder.feature_sizes(height, width)
+        sizes = self.state_sizes(height, width)
         return StudentStates(
             batch=batch,
             names=tuple(self.temporal),
@@ -345,7 +365,9 @@ class VideoMambaDepth(nn.Module):
             )
         batch, _, _, height, width = rgb.shape
         Ks = rearrange(K, "b n i j -> (b n) i j")
-        features = self._frame_features(rearrange(rgb, "b n c h w -> (b n) c h w"), Ks)
+        features = self._with_global_token(
+            self._frame_features(rearrange(rgb, "b n c h w -> (b n) c h w"), Ks)
+        )
         carried = self._carried_states(states, batch, height, width)
         new_states: dict[str, ScaleState] = {}
         summaries: dict[str, Tensor] = {}
@@ -366,7 +388,7 @@ class VideoMambaDepth(nn.Module):
                 f"expected rgb (B, 3, H, W) and K (B, 3, 3), got {tuple(rgb.shape)} and {tuple(K.shape)}"
             )
         batch, _, height, width = rgb.shape
-        features = self._frame_features(rgb, K)
+        features = self._with_global_token(self._frame_features(rgb, K))
         carried = self._carried_states(states, batch, height, width)
         new_states: dict[str, ScaleState] = {}
         for name, mixer in self.temporal.items():
@@ -403,7 +425,7 @@ class VideoMambaDepth(nn.Module):
             raise ValueError(f"expected has_K ({rgb.shape[0]},), got {tuple(has_K.shape)}")
         height, width = rgb.shape[-2:]
         features = self._frame_features(rgb, K, has_K)
-        return self._depth(features, K, height, width), features
+        return self._depth(self._with_global_token(features), K, height, width), features
 
     def temporal_identity_violations(self) -> list[str]:
         """Temporal parameters that a fresh model zero-initialises (the last projection of every residual
@@ -469,15 +491,33 @@ class VideoMambaDepth(nn.Module):
             for name, f in features.items()
         }
 
+    def _with_global_token(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Add the global path's per-frame token ``(F, C, 1, 1)`` under ``GLOBAL`` (when the model has one):
+        a 1x1 conv + GELU of the ``s32`` features, averaged over the whole (padded) map."""
+        if not self.config.global_scale_blocks:
+            return features
+        pooled = self.global_pool(features[GLOBAL_SOURCE]).mean(dim=(-2, -1), keepdim=True)
+        return {**features, GLOBAL: pooled}
+
     def _depth(self, features: dict[str, Tensor], K: Tensor, height: int, width: int) -> Tensor:
-        """Features of ``F`` frames -> metric depth ``(F, H, W)``, fp32."""
+        """Features of ``F`` frames (and the global token, if any) -> metric depth ``(F, H, W)``, fp32."""
+        features = dict(features)
+        token = features.pop(GLOBAL, None)
         log_depth = self.decoder(features)  # (F, 1, H_p / 2, W_p / 2), canonical, fp32
         with torch.autocast(device_type=log_depth.device.type, enabled=False):
             log_depth = F.interpolate(
                 log_depth, size=self.encoder.padded_size(height, width), mode="bilinear", align_corners=False
             )[:, 0, :height, :width]  # crop the bottom/right padding
-            log_depth = log_depth + canonical_log_scale(K, self.config.canonical_focal)[:, None, None]
+            log_scale = canonical_log_scale(K, self.config.canonical_focal)
+            if token is not None:
+                log_scale = log_scale + self.global_head(token.flatten(1).float())[:, 0]
+            log_depth = log_depth + log_scale[:, None, None]
             return log_depth.clamp(math.log(DEPTH_RANGE[0]), math.log(DEPTH_RANGE[1])).exp()
+
+    def state_sizes(self, height: int, width: int) -> dict[str, tuple[int, int]]:
+        """``(h, w)`` cells of every state for ``height x width`` frames: the encoder's feature scales
+        (``Encoder.feature_sizes``), and 1 x 1 for the global path (``GLOBAL``)."""
+        return {**self.encoder.feature_sizes(height, width), GLOBAL: (1, 1)}
 
     def _carried_states(
         self, states: StudentStates | None, batch: int, height: int, width: int
@@ -486,9 +526,7 @@ class VideoMambaDepth(nn.Module):
         if states is None:
             return dict.fromkeys(self.temporal)
         expected = {
-            name: size
-            for name, size in self.encoder.feature_sizes(height, width).items()
-            if name in self.temporal
+            name: size for name, size in self.state_sizes(height, width).items() if name in self.temporal
         }
         if states.batch != batch or states.geometry() != expected:
             raise ValueError(
@@ -499,7 +537,7 @@ class VideoMambaDepth(nn.Module):
         return dict(states.items())
 
     def _pack(self, states: dict[str, ScaleState], batch: int, height: int, width: int) -> StudentStates:
-        sizes = self.encoder.feature_sizes(height, width)
+        sizes = self.state_sizes(height, width)
         return StudentStates(
             batch=batch,
             names=tuple(states),
@@ -509,12 +547,19 @@ class VideoMambaDepth(nn.Module):
 
 
 def _temporal_mixers(config: ModelConfig, channels: dict[str, int]) -> nn.ModuleDict:
-    """Fresh temporal mixers (exactly the identity), one per ``config.temporal_scales``."""
+    """Fresh temporal mixers (exactly the identity), one per ``config.temporal_scales``, then the global
+    path's (``GLOBAL``, on the ``s32`` channels) when ``config.global_scale_blocks`` > 0."""
+    paths = [
+        (name, channels[name], num_blocks)
+        for name, num_blocks in zip(config.temporal_scales, config.temporal_blocks, strict=True)
+    ]
+    if config.global_scale_blocks:
+        paths.append((GLOBAL, channels[GLOBAL_SOURCE], config.global_scale_blocks))
     return nn.ModuleDict(
         {
             name: TemporalFeatureMixer(
                 TemporalMambaScale(
-                    channels[name],
+                    width,
                     num_blocks=num_blocks,
                     ffn_mult=config.ffn_mult,
                     d_state=config.d_state,
@@ -525,7 +570,7 @@ def _temporal_mixers(config: ModelConfig, channels: dict[str, int]) -> nn.Module
                     backend=config.ssm_backend,
                 )
             )
-            for name, num_blocks in zip(config.temporal_scales, config.temporal_blocks, strict=True)
+            for name, width, num_blocks in paths
         }
     )
 

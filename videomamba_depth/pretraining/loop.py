@@ -127,8 +127,10 @@ def steps_per_epoch(sizes: Sequence[int], batch_size: int, world_size: int) -> i
 
 
 def data_fingerprint(datasets: Sequence[ImageDepthDataset]) -> str:
-    """sha256 over every listed file's path, size and modification time (and each index file's): a state is
-    resumed only on the same data. Cheap (no file is read), so a re-rendered set counts as new data."""
+    """sha256 over each dataset's config and every listed file's path and contents (and each index file's): a
+    state is resumed only on the same data. Contents, not modification times, so the fingerprint saved in the
+    state is the same on every machine and a rebuilt set with the same bytes is the same data (the state
+    file, an output in dvc.lock, is then byte-identical run to run). Reads every file once: an epoch's I/O."""
     digest = hashlib.sha256()
     for dataset in datasets:
         digest.update(json.dumps(dataset.config.to_dict(), sort_keys=True).encode())
@@ -137,8 +139,9 @@ def data_fingerprint(datasets: Sequence[ImageDepthDataset]) -> str:
         for record in dataset.records:
             paths += [p for p in (record.image, record.depth, record.intrinsics) if p is not None]
         for path in paths:
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+            with path.open("rb") as file:
+                content = hashlib.file_digest(file, "sha256").digest()
+            digest.update(f"{path}\0".encode() + content)
     return digest.hexdigest()
 
 
