@@ -15,6 +15,7 @@ from training_fixtures import tiny_model_config
 from videomamba_depth.camera import ResizePad, relative_pose
 from videomamba_depth.evaluation import METHODS, REGION_METRICS, EvaluateConfig, evaluate, load_eval_video
 from videomamba_depth.evaluation.pipeline import headline
+from videomamba_depth.evaluation.scoring import near_views
 from videomamba_depth.inference import AnchoringConfig, StreamingDepth, describe
 from videomamba_depth.metrics import depth_edge_band, evaluate_sequence, evaluation_mask, static_jitter
 from videomamba_depth.models import build_student, save_student
@@ -96,8 +97,11 @@ def evaluated(tmp_path_factory):
     write_eval_video(root / "data", "no_gt", seed=2, gt=False)
     write_eval_video(root / "data", "no_moving", seed=4, moving=False)
     save_student(root / "model.safetensors", temporal_model())
+    # A near-view depth that makes about half of with_gt's frames near views (the region is whole frames).
+    video = _load(root, "with_gt")
+    far = [np.percentile(d[v], 90) for d, v in zip(video.reference, video.reference_valid, strict=True)]
     cfg = EvaluateConfig(videos=("with_gt", "no_gt", "no_moving"), alignments=("none", "lstsq_disparity"),
-                         strip_frames=2)
+                         strip_frames=2, near_view_depth=float(np.median(far)))
     metrics = evaluate(cfg, root / "model.safetensors", data_dir=root / "data", out_dir=root / "out")
     return root, cfg, metrics
 
@@ -159,7 +163,10 @@ def test_region_metrics(evaluated):
     assert shares["moving_pixels"] == pytest.approx((mask & video.motion).sum() / mask.sum())
     assert shares["edge_pixels"] == pytest.approx((mask & edge).sum() / mask.sum())
     assert 0 < shares["moving_pixels"] < 0.5 and 0 < shares["edge_pixels"] < 0.5
-    for region, pixels in (("moving", video.motion), ("edge", edge)):
+    near = near_views(video.reference, mask, cfg.near_view_depth)
+    assert 0 < near.sum() < len(near)
+    assert shares["near_pixels"] == pytest.approx(mask[near].sum() / mask.sum())
+    for region, pixels in (("moving", video.motion), ("edge", edge), ("near", near[:, None, None])):
         expected = evaluate_sequence(video.teacher, video.reference, mask & pixels, max_depth=cfg.max_depth)
         teacher = videos["with_gt"]["none"]["teacher"]
         for metric in ("abs_rel", "delta1"):
@@ -176,7 +183,7 @@ def test_region_metrics(evaluated):
         assert agg[method]["edge_abs_rel"] == pytest.approx(np.mean(edges))
     assert videos["no_moving"]["regions"]["moving_pixels"] == 0.0
     # Without ground truth there are no regions: null for the students, absent for the teacher (reference).
-    assert videos["no_gt"]["regions"] == {"moving_pixels": None, "edge_pixels": None}
+    assert videos["no_gt"]["regions"] == {"moving_pixels": None, "edge_pixels": None, "near_pixels": None}
     assert all(videos["no_gt"]["none"]["student_stream"][m] is None for m in REGION_METRICS)
     assert not set(REGION_METRICS) & set(videos["no_gt"]["none"]["teacher"])
 
@@ -207,6 +214,8 @@ def test_headline_targets(evaluated):
     assert all(isinstance(t["ok"], bool) for t in targets.values())  # ground truth and moving pixels exist
     assert head["all_ok"] == all(t["ok"] for t in targets.values())
     assert head["vs_teacher"]["student_reset"]["tae"] == pytest.approx(reset["tae"] / teacher["tae"])
+    edge_ratio = stream["edge_abs_rel"] / reset["edge_abs_rel"]
+    assert head["stream_vs_reset"]["edge_abs_rel"] == pytest.approx(edge_ratio)
     vs_untrained = stream["abs_rel"] / agg["student_untrained"]["abs_rel"]
     assert head["abs_rel_vs_untrained"] == pytest.approx(vs_untrained)
 
@@ -399,3 +408,17 @@ def test_descriptor_ignores_padding_and_is_unit_norm():
         d = describe(padded, valid, kind)
         assert np.linalg.norm(d) == pytest.approx(1.0)
         np.testing.assert_allclose(d, describe(rgb[0], None, kind), atol=1e-12)
+
+
+def test_near_views_are_whole_frames_under_the_depth():
+    depth = np.full((4, 6, 8), 3.0)
+    depth[1] = 1.2  # facing a wall
+    depth[2, :, :1] = 1.0  # one near column is not a near view
+    depth[3] = 0.5
+    mask = np.ones(depth.shape, dtype=bool)
+    mask[3] = False  # nothing evaluated: not near
+    np.testing.assert_array_equal(near_views(depth, mask, 2.0), [False, True, False, False])
+    # The percentile is over the evaluated pixels only.
+    only_near = np.zeros(depth.shape, dtype=bool)
+    only_near[2, :, :1] = True
+    assert near_views(depth, only_near, 2.0)[2]

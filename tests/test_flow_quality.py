@@ -96,8 +96,9 @@ def test_relative_pose_against_ground_truth(metrics: dict) -> None:
     for name, m in metrics.items():
         assert m["pose_valid_fraction"] == 1.0, name
         # Measured 0.04 / 0.05 deg mean on clean renders; 0.06 / 0.11 with the default camera's noise, motion
-        # blur, exposure flicker and compression (synth/sensor.py).
-        assert m["rotation_error_mean_deg"] < 0.15 and m["rotation_error_max_deg"] < 0.3, name
+        # blur, exposure flicker and compression (synth/sensor.py); 0.08 / 0.08 with the passers both scenes
+        # now have, whose worst pair (scene_00: the passer hides most of the static scene) is 0.46 deg.
+        assert m["rotation_error_mean_deg"] < 0.15 and m["rotation_error_max_deg"] < 0.6, name
         # The direction of a few-centimetre translation is ill-conditioned at the default 128x96 (measured
         # median 16.4 deg / 10.1 deg on these scenes from clean renders, 17.6 / 23.6 with the default camera's
         # noise and blur; under 15 at 224x168); a wrong pose is off by many tens.

@@ -14,7 +14,8 @@ from videomamba_depth.camera import backproject, load_intrinsics, project, relat
 from videomamba_depth.config import ConfigError
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene, write_synth_video
 from videomamba_depth.synth import export as synth_export
-from videomamba_depth.synth.geometry import distance_to_body
+from videomamba_depth.synth.geometry import Body, RigidPath, distance_to_body
+from videomamba_depth.synth.scene import _overlap
 from videomamba_depth.synth.sensor import Sensor, motion_blur
 from videomamba_depth.zarrio import PARTIAL_MARK, open_store, require_arrays
 
@@ -145,8 +146,9 @@ def test_streaming_frames_are_independent(frames):
         np.testing.assert_array_equal(getattr(late, field), getattr(frames[4], field))
 
 
-def test_camera_stays_inside_the_room_and_clear_of_bodies():
-    config = dataclasses.replace(TINY, num_frames=(48, 64))
+@pytest.mark.parametrize("events", [0.0, 1.0], ids=["plain", "passers+near_wall"])
+def test_camera_stays_inside_the_room_and_clear_of_bodies(events):
+    config = dataclasses.replace(TINY, num_frames=(48, 64), passers=events, near_wall=events)
     for seed in range(6):
         scene = sample_scene(config, seed)
         room = 2 * scene.bodies[0].half
@@ -274,3 +276,69 @@ def test_scene_sensor_is_drawn_from_the_ranges_and_recorded(video_dir):
         SynthConfig(shutter=(0.0, 1.5))
     with pytest.raises(ValueError, match="crf"):
         SynthConfig(crf=(20, 60))
+
+
+def test_events_have_their_own_stream_and_shares():
+    plain = dataclasses.replace(TINY, passers=0.0, near_wall=0.0)
+    every = dataclasses.replace(TINY, passers=1.0, near_wall=1.0)
+    drawn = {"passer": 0, "near_wall": 0}
+    for seed in range(12):
+        scene = sample_scene(TINY, seed)
+        for name, event in scene.events.items():
+            drawn[name] += event is not None
+        assert sample_scene(plain, seed).events == {"passer": None, "near_wall": None}
+        if scene.events == {"passer": None, "near_wall": None}:
+            # No event drawn: laid out body for body as with both shares 0.
+            assert [b.path.centre.tolist() for b in scene.bodies] == [
+                b.path.centre.tolist() for b in sample_scene(plain, seed).bodies]
+        assert sample_scene(every, seed).events["near_wall"] is not None
+    assert 0 < drawn["passer"] < 12 and 0 < drawn["near_wall"] < 12
+    with pytest.raises(ValueError, match="passers"):
+        SynthConfig(passers=1.5)
+    with pytest.raises(ValueError, match="near_wall"):
+        SynthConfig(near_wall=-0.1)
+
+
+def test_passer_walks_across_the_view_close_to_the_camera_and_through_nothing():
+    config = dataclasses.replace(TINY, passers=1.0, near_wall=0.0, num_frames=(24, 32))
+    crossed = 0
+    for seed in range(8):
+        scene = sample_scene(config, seed)
+        if scene.events["passer"] is None:  # it may give way to the moving objects, not often
+            continue
+        index = len(scene.bodies) - 1  # passers come last
+        passer = scene.bodies[index]
+        frames = list(render_frames(scene))
+        # At its crossing (the middle of the mean view; the camera sways and turns about it) it covers a good
+        # part of the view, nearer than the rest of the scene, moving.
+        mid = frames[min(len(frames) - 1, round(scene.events["passer"]["crossing_s"] * scene.fps))]
+        here = mid.body == index
+        assert here.mean() > 0.1
+        assert mid.motion_mask[here].all() and np.median(mid.depth[here]) < np.median(mid.depth[~here])
+        assert np.median(mid.depth[here]) < 2.5
+        crossed += 1
+        # Its walk never meets a static body nor comes near the camera, far past the clip.
+        for t in np.linspace(0, 60, 241):
+            R, c = passer.path.pose(t)
+            box = Body("box", passer.half, RigidPath.static(c, R), passer.materials, passer.tex_offset)
+            assert not any(_overlap(box, b) for b in scene.bodies[1 : scene.num_static])
+            assert distance_to_body(scene.camera.pose_c2w(t)[:3, 3], box) > 0.3
+            assert 0 < c[2] - passer.half[2] + 1e-9 and (c[:2] > 0).all()
+    assert crossed >= 5
+
+
+def test_near_wall_camera_turns_to_face_a_plain_wall():
+    config = dataclasses.replace(TINY, passers=0.0, near_wall=1.0, num_frames=(24, 32))
+    for seed in range(4):
+        scene = sample_scene(config, seed)
+        event = scene.events["near_wall"]
+        (first,) = render_frames(scene, 0, 1)
+        (turned,) = render_frames(scene, round(event["turned_at_s"] * scene.fps),
+                                  round(event["turned_at_s"] * scene.fps) + 1)
+        # Facing the wall: the room's face fills the view, close; the room seen along the wall at the start.
+        faces = turned.body == 0
+        assert faces.mean() > 0.9
+        assert np.median(turned.depth) < 2.0 < np.median(first.depth)
+        assert abs(event["turn_deg"]) > 80
+        walls = scene.bodies[0].materials[:4]
+        assert walls.count(walls[event["wall_face"]]) == 3  # a plain wall, not the accent wall

@@ -82,7 +82,8 @@ class EvaluateConfig(StageConfig):
       while other processes held both cores).
     - ``edge_threshold``, ``edge_band_px``: the depth-edge region: pixels within ``edge_band_px`` (square
       neighbourhood) of a pixel whose ground-truth ``|Δ log depth|`` to a 4-neighbour exceeds
-      ``edge_threshold`` (``metrics.depth_edge_band``).
+      ``edge_threshold`` (``metrics.depth_edge_band``). ``near_view_depth``: the near-view region: frames
+      whose 90th-percentile ground-truth depth is under this (metres; the synthetic near-wall turns).
     - headline targets of the streaming student at alignment ``none`` (:func:`headline`), all needed for
       ``all_ok``: accuracy against ground truth, ``target_abs_rel`` (AbsRel at most), ``target_delta1`` (δ1
       at least), ``target_moving_abs_rel`` (AbsRel on moving objects at most); flicker vs the teacher,
@@ -107,6 +108,7 @@ class EvaluateConfig(StageConfig):
     threads: int = 1
     edge_threshold: float = 0.1
     edge_band_px: int = 2
+    near_view_depth: float = 2.0
     target_abs_rel: float = 0.12
     target_delta1: float = 0.85
     target_moving_abs_rel: float = 0.20
@@ -130,13 +132,14 @@ class EvaluateConfig(StageConfig):
             raise ValueError("strip_frames and histogram_bins must be >= 1, threads >= 0")
         if not 0.0 <= self.xt_row <= 1.0 or self.histogram_max_change <= 0 or self.still_flow_px <= 0:
             raise ValueError("need xt_row in [0, 1], histogram_max_change > 0 and still_flow_px > 0")
-        if self.edge_threshold <= 0 or self.edge_band_px < 0:
-            raise ValueError(f"need edge_threshold > 0 and edge_band_px >= 0, got {self.edge_threshold}, "
-                             f"{self.edge_band_px}")
+        if self.edge_threshold <= 0 or self.edge_band_px < 0 or self.near_view_depth <= 0:
+            raise ValueError(f"need edge_threshold > 0, edge_band_px >= 0 and near_view_depth > 0, got "
+                             f"{self.edge_threshold}, {self.edge_band_px}, {self.near_view_depth}")
 
     def settings(self) -> ScoreSettings:
         return ScoreSettings(self.min_depth, self.max_depth, self.still_flow_px, self.histogram_bins,
-                             self.histogram_max_change, self.edge_threshold, self.edge_band_px)
+                             self.histogram_max_change, self.edge_threshold, self.edge_band_px,
+                             self.near_view_depth)
 
 
 @dataclass
@@ -354,13 +357,16 @@ def headline(scores: dict[str, dict[str, float]], config: EvaluateConfig, has_gt
         targets[name] = {"value": value, "target": target, "rule": "<=" if at_most else ">=", "ok": ok}
     verdicts = [t["ok"] for t in targets.values()]
     all_ok = False if False in verdicts else None if None in verdicts else True
-    informative = ("abs_rel", "moving_abs_rel", "edge_abs_rel", "tae", "jitter_static")
+    informative = ("abs_rel", "moving_abs_rel", "edge_abs_rel", "near_abs_rel", "tae", "jitter_static")
     return {
         "alignment": HEADLINE_ALIGNMENT,
         "all_ok": all_ok,
         "targets": targets,
         "vs_teacher": {m: {k: ratio(k, m, "teacher") for k in informative}
                        for m in METHODS if m != "teacher"},
+        # What the states carried over time buy, region by region (near views: the memory of the room's
+        # scale while the camera faces a plain wall).
+        "stream_vs_reset": {k: ratio(k, "student_stream", "student_reset") for k in informative},
         # Below 1: training made the student more accurate than its own initialisation (a constant depth).
         "abs_rel_vs_untrained": ratio("abs_rel", "student_stream", "student_untrained"),
     }

@@ -17,9 +17,11 @@ Video Depth Anything does for TAE). Names in the results:
 - regions (:data:`REGION_METRICS`, ground truth only, else NaN): ``abs_rel`` and ``delta1`` on the evaluated
   pixels of ``moving`` objects (the ground truth's motion mask) and of the ``edge`` band (pixels within
   ``edge_band_px`` of a ground-truth depth discontinuity ``|Δ log depth| > edge_threshold`` between
-  4-neighbours, :func:`~videomamba_depth.metrics.depth_edge_band`), named ``<region>_<metric>``. A blurred
-  or constant prediction can be stable and score a tolerable whole-image mean, but not there. NaN when a
-  video has no pixel of the region.
+  4-neighbours, :func:`~videomamba_depth.metrics.depth_edge_band`), and of ``near`` views (every pixel of
+  the frames whose 90th-percentile ground-truth depth over the evaluated pixels is under
+  ``near_view_depth`` metres: the camera faces a wall or a body up close, where one frame does not tell the
+  scale), named ``<region>_<metric>``. A blurred or constant prediction can be stable and score a tolerable
+  whole-image mean, but not there. NaN when a video has no pixel of the region.
 
 ``floor``: the temporal metrics of the ground truth itself (when it exists): what a perfect depth scores on
 the same masks, because surfaces do change depth between frames.
@@ -47,7 +49,7 @@ from videomamba_depth.metrics import (
 
 DEPTH_METRICS = ("abs_rel", "rmse", "delta1")
 TEMPORAL_METRICS = ("tae", "jitter_static", "jitter_still", "flow_warped")
-REGIONS = ("moving", "edge")
+REGIONS = ("moving", "edge", "near")
 REGION_DEPTH_METRICS = ("abs_rel", "delta1")
 REGION_METRICS = tuple(f"{region}_{metric}" for region in REGIONS for metric in REGION_DEPTH_METRICS)
 
@@ -55,7 +57,8 @@ REGION_METRICS = tuple(f"{region}_{metric}" for region in REGIONS for metric in 
 @dataclass(frozen=True)
 class ScoreSettings:
     """Depth range (metres), the flow magnitude (pixels) below which a static pixel is "still", the
-    change-histogram layout and the edge band (log-depth jump, half-width in pixels)."""
+    change-histogram layout, the edge band (log-depth jump, half-width in pixels) and the depth (metres)
+    under which a view counts as near."""
 
     min_depth: float
     max_depth: float
@@ -64,6 +67,7 @@ class ScoreSettings:
     histogram_max_change: float
     edge_threshold: float
     edge_band_px: int
+    near_view_depth: float
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Score:
     """Means (metric name -> value) and per-frame / per-pair curves of one method under one alignment.
 
     ``curves``: ``tae``, ``jitter_static``, ``jitter_still``, ``flow_warped`` ``(T-1,)``; ``abs_rel``,
-    ``moving_abs_rel``, ``edge_abs_rel`` and ``scale`` ``(T,)`` (per-frame least-squares scale to the
+    ``<region>_abs_rel`` and ``scale`` ``(T,)`` (per-frame least-squares scale to the
     reference), absent when the depth is its own reference (region curves NaN without ground truth).
     """
 
@@ -96,7 +100,19 @@ def regions(video: EvalVideo, settings: ScoreSettings) -> dict[str, np.ndarray]:
         return {}
     edge = depth_edge_band(video.reference, video.reference_valid, threshold=settings.edge_threshold,
                            band_px=settings.edge_band_px)
-    return {"moving": video.motion, "edge": edge}
+    mask, _ = masks(video, settings)
+    near = near_views(video.reference, mask, settings.near_view_depth)
+    return {"moving": video.motion, "edge": edge, "near": np.broadcast_to(near[:, None, None], mask.shape)}
+
+
+def near_views(depth: np.ndarray, mask: np.ndarray, max_depth: float) -> np.ndarray:
+    """``(T,)`` bool: frames of ``depth`` ``(T, H, W)`` metres whose 90th percentile over ``mask`` is under
+    ``max_depth`` (False for a frame without a masked pixel)."""
+    near = np.zeros(len(depth), dtype=bool)
+    for t, (frame, keep) in enumerate(zip(depth, mask, strict=True)):
+        if keep.any():
+            near[t] = np.percentile(frame[keep], 90) < max_depth
+    return near
 
 
 def region_shares(video: EvalVideo, settings: ScoreSettings) -> dict[str, float]:

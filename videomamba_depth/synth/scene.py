@@ -7,6 +7,12 @@ whole reachable region and of the moving objects' swept volumes, so no frame eve
 and nothing interpenetrates. Motions are sums of sinusoids, so they are smooth and stay bounded however
 long the video is, and the layout does not depend on the number of frames.
 
+Two events of real footage that a single frame cannot resolve, each in a drawn share of the videos
+(their own random stream, so a video without them is laid out exactly as before): a person-sized box that
+walks across the view close to the camera, hiding most of the scene for a moment (``passers``), and a camera
+that stands by a plain wall and turns to face it from a view of the room (``near_wall``): close to a
+featureless wall the view alone does not tell the scale.
+
 Moving objects are framed the way a filmed subject is: their size and speed are drawn relative to the view
 (a share of the image width, a share of the field of view per second) at the distance where they are
 placed, and they travel around elliptical loops facing the camera at near-constant speed. So they are
@@ -50,6 +56,24 @@ MAX_TIGHTEN = 2.0
 # camera. The loop faces the camera, so the speed across the image never falls below ~0.6 of its mean.
 LOOP_ASPECT = (0.6, 1.0)
 LOOP_TILT_DEG = 30.0
+# Passers: person-sized boxes (along their walk, across it, height; metres) walking on the floor across the
+# view at a peak speed drawn from PASSER_SPEED_MPS, crossing the middle of the view at a drawn share of the
+# video. They come no closer to the camera's reachable sphere than PASSER_CAMERA_GAP_M, and their straight
+# path is checked against the other bodies as boxes placed every PASSER_STEP_M along it.
+PASSER_SIZE_M = ((0.25, 0.4), (0.4, 0.56), (1.5, 1.9))
+PASSER_SPEED_MPS = (0.8, 1.5)
+PASSER_CAMERA_GAP_M = 0.35
+PASSER_EXTRA_DISTANCE_M = (0.0, 0.5)
+PASSER_CROSSING = (0.2, 0.8)
+PASSER_STEP_M = 0.15
+# Near-wall videos: the camera stands this far beyond its wall margin from a plain (non-accent) wall, a
+# share of the wall's length from a corner, looks into the room along the wall at the start, and has turned
+# to face the wall (within NEAR_WALL_SQUINT_DEG of square-on) at a drawn share of the video.
+NEAR_WALL_GAP_M = (0.1, 0.5)
+NEAR_WALL_ALONG = (0.15, 0.35)
+NEAR_WALL_INTO_ROOM_DEG = (5.0, 25.0)
+NEAR_WALL_SQUINT_DEG = 15.0
+NEAR_WALL_TURNED = (0.6, 1.0)
 # Box edges of a moving box, as fractions of its drawn size (so it looks about as large as a ball would).
 MOVING_BOX_EDGES = (0.7, 1.0)
 # Spin of moving objects about a random axis: the speed of their surface about their centre, as a share of
@@ -106,6 +130,9 @@ class SynthConfig(StageConfig):
     exposure_flicker: tuple[float, float] = (0.0, 0.06)  # std of the per-frame log exposure gain
     white_balance_flicker: tuple[float, float] = (0.0, 0.02)  # std of the per-frame per-channel log gain
     shutter: tuple[float, float] = (0.0, 0.5)  # exposure time, share of the frame interval (motion blur)
+    # Events a single frame cannot resolve: share of the videos that get each (0 = never, 1 = every video).
+    passers: float = 0.4  # a person-sized box walks across the view, 0.6-2 m from the camera
+    near_wall: float = 0.25  # the camera stands by a plain wall and turns to face it
 
     def __post_init__(self) -> None:
         for name in self.videos:
@@ -135,8 +162,9 @@ class SynthConfig(StageConfig):
             raise ValueError("moving_objects: every video needs at least one moving object")
         if self.moving_view_size[0] <= 0 or self.moving_view_speed[0] <= 0 or self.moving_distance_m[0] <= 0:
             raise ValueError("moving_view_size, moving_view_speed and moving_distance_m must be > 0")
-        if not 0.0 <= self.ambient <= 1.0:
-            raise ValueError(f"ambient must be in [0, 1], got {self.ambient}")
+        for name in ("ambient", "passers", "near_wall"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def seed(self, name: str) -> int:
         """The seed of video ``name``; a clear error when it is not listed."""
@@ -150,7 +178,8 @@ class Scene:
     """Everything needed to render one video, frame by frame.
 
     ``bodies[0]`` is the room, then static bodies, then the moving ones (``num_static`` counts room and
-    static bodies). ``K`` (3, 3) is the same for every frame.
+    static bodies), passers last. ``K`` (3, 3) is the same for every frame. ``events`` describes the video's
+    passer and near-wall turn (``None`` where it has none), for the ground truth's attributes.
     """
 
     seed: int
@@ -170,6 +199,7 @@ class Scene:
     light_colour: np.ndarray
     ambient: float
     sensor: Sensor
+    events: dict
 
     @property
     def moving(self) -> np.ndarray:
@@ -207,6 +237,7 @@ class Scene:
             "textures": list(self.patterns),
             "ambient": self.ambient,
             "sensor": self.sensor.to_attrs(),
+            "events": self.events,
         }
 
 
@@ -291,6 +322,17 @@ def _overlap(a: Body, b: Body) -> bool:
     return True
 
 
+def _swept_boxes(body: Body) -> list[Body]:
+    """The volume a passer sweeps, as static copies of its box every PASSER_STEP_M along its line, each grown
+    by half a step (covering the motion between copies) and GAP_M (the gap other bodies keep)."""
+    (amplitude,) = body.path.offset.amplitudes  # one sinusoid: a straight line through the centre
+    length = float(np.linalg.norm(amplitude))
+    steps = max(1, math.ceil(2 * length / PASSER_STEP_M))
+    half = body.half + length / steps + GAP_M
+    return [Body("box", half, RigidPath.static(body.path.centre + s * amplitude, body.path.R0),
+                 body.materials, body.tex_offset) for s in np.linspace(-1, 1, steps + 1)]
+
+
 class _Layout:
     """Places bodies one by one, rejecting any that would overlap, leave the room or crowd the camera."""
 
@@ -299,6 +341,8 @@ class _Layout:
         self.camera_centre, self.camera_reach = camera_centre, camera_reach
         self.static: list[Body] = []
         self.moving: list[Body] = []
+        self.passers: list[Body] = []
+        self._swept: list[Body] = []  # the passers' paths as static boxes, to test the others against
 
     def fits_static(self, body: Body) -> bool:
         R, c = body.path.R0, body.path.centre
@@ -310,7 +354,29 @@ class _Layout:
         for m in self.moving:
             if distance_to_body(m.path.centre, body) < m.path.offset.reach() + m.bound_radius + GAP_M:
                 return False
-        return not any(_overlap(body, other) for other in self.static)
+        return not any(_overlap(body, other) for other in (*self.static, *self._swept))
+
+    def drop_passers(self) -> None:
+        self.passers, self._swept = [], []
+
+    def fits_passer(self, body: Body) -> bool:
+        """A passer (an upright box translating along one line) against the room, the camera and the bodies
+        placed so far; on success it joins the layout and later static bodies keep clear of its path."""
+        swept = _swept_boxes(body)
+        for box in swept:
+            c, extent = box.path.centre, np.abs(box.path.R0) @ body.half
+            if (c[:2] - extent[:2] < 0.05).any() or (c[:2] + extent[:2] > self.room[:2] - 0.05).any():
+                return False
+            if distance_to_body(self.camera_centre, box) < self.camera_reach + PASSER_CAMERA_GAP_M:
+                return False
+            for m in self.moving:
+                if distance_to_body(m.path.centre, box) < m.path.offset.reach() + m.bound_radius:
+                    return False
+            if any(_overlap(box, other) for other in self.static):
+                return False
+        self.passers.append(body)
+        self._swept.extend(swept)
+        return True
 
     def fits_moving(self, body: Body) -> bool:
         path, r = body.path, body.bound_radius
@@ -326,7 +392,7 @@ class _Layout:
             other = m.path.offset.reach() + m.bound_radius
             if np.linalg.norm(path.centre - m.path.centre) < reach + other + GAP_M:
                 return False
-        return True
+        return all(distance_to_body(path.centre, box) >= reach for box in self._swept)
 
 
 def _camera_path(config: SynthConfig, rng: np.random.Generator, room: np.ndarray) -> CameraPath:
@@ -364,10 +430,80 @@ def _camera_path(config: SynthConfig, rng: np.random.Generator, room: np.ndarray
     return CameraPath(centre, offset, base, angles)
 
 
-def _moving_body(config: SynthConfig, rng: np.random.Generator, camera: CameraPath, hfov: float,
-                 tighten: float, material: int) -> Body:
-    """A box or ball circling an elliptical loop that faces the camera, while spinning; ``tighten`` (>= 1)
-    multiplies its laps per second at the same speed, shrinking the loop."""
+def _near_wall(camera: CameraPath, rng: np.random.Generator, room: np.ndarray, accent: int,
+               duration: float) -> tuple[CameraPath, float, dict]:
+    """``camera`` moved next to a plain wall (any but the ``accent`` wall), looking into the room along it at
+    t = 0 and turned to face it at a drawn share of ``duration`` seconds, by one more yaw sinusoid (so the
+    turn repeats in a longer video). Returns the camera, its starting heading (radians) and a description."""
+    wall = [w for w in range(4) if w != accent][rng.integers(3)]
+    axis, far = divmod(wall, 2)  # room face index 2 * axis + far: the wall at x or y = 0 (far 0) or = size
+    inward, along = np.zeros(2), np.zeros(2)
+    inward[axis] = -1.0 if far else 1.0
+    along[1 - axis] = rng.choice([-1.0, 1.0])
+    reach = camera.offset.reach()
+    margin = reach + CAMERA_WALL_MARGIN_M
+    gap = margin + _uniform(rng, NEAR_WALL_GAP_M)
+    xy = np.zeros(2)
+    xy[axis] = room[axis] - gap if far else gap
+    share = _uniform(rng, NEAR_WALL_ALONG)  # from the corner behind the camera
+    xy[1 - axis] = share * room[1 - axis] if along[1 - axis] > 0 else (1 - share) * room[1 - axis]
+    xy = np.clip(xy, margin, room[:2] - margin)
+
+    into = math.radians(_uniform(rng, NEAR_WALL_INTO_ROOM_DEG))
+    start = along * math.cos(into) + inward * math.sin(into)
+    start_yaw = math.atan2(start[1], start[0])
+    face_yaw = math.atan2(-inward[1], -inward[0]) + math.radians(rng.uniform(-1, 1) * NEAR_WALL_SQUINT_DEG)
+    turn = (face_yaw - start_yaw + math.pi) % (2 * math.pi) - math.pi
+    turned_at = _uniform(rng, NEAR_WALL_TURNED) * duration
+    freq = 1 / (2 * turned_at)
+    # yaw(t) = start + turn / 2 * (1 + sin(2 pi freq t - pi / 2)): start at t = 0, start + turn at turned_at.
+    base = camera.base_angles.copy()
+    base[0] = start_yaw + turn / 2
+    angles = camera.angles
+    angles = Sinusoids(np.vstack([angles.amplitudes, [turn / 2, 0.0, 0.0]]), np.append(angles.freqs_hz, freq),
+                       np.append(angles.phases, -math.pi / 2))
+    centre = np.array([*xy, camera.centre[2]])
+    event = {"wall_face": int(wall), "distance_m": round(float(abs(xy[axis] - far * room[axis])), 4),
+             "turn_deg": round(math.degrees(turn), 3), "turned_at_s": round(turned_at, 4)}
+    return CameraPath(centre, camera.offset, base, angles), start_yaw, event
+
+
+def _passer(rng: np.random.Generator, room: np.ndarray, camera: CameraPath, heading: float, hfov: float,
+            duration: float, material: int) -> tuple[Body, dict] | None:
+    """A person-sized upright box walking across the view, out of it at both ends of its line, crossing the
+    middle at a drawn share of ``duration`` seconds (and back and forth in a longer video); and a
+    description of it. ``None`` where the room is too narrow for its walk."""
+    half = np.array([_uniform(rng, r) for r in PASSER_SIZE_M]) / 2  # along its walk, across it, height
+    view = np.array([math.cos(heading), math.sin(heading), 0.0])
+    lateral = np.array([-view[1], view[0], 0.0])
+    # Its near face clears the camera's reachable sphere by the gap, the half step and GAP_M that
+    # Layout.fits_passer's swept boxes add, and a drawn extra distance.
+    distance = (camera.offset.reach() + half[1] + PASSER_CAMERA_GAP_M + PASSER_STEP_M / 2 + GAP_M
+                + _uniform(rng, PASSER_EXTRA_DISTANCE_M))
+    centre = camera.centre + view * distance
+    centre[2] = half[2]  # on the floor
+    # Out of view at both ends (the view is 2 tan(hfov / 2) metres wide per metre of depth at its far face),
+    # with room for the camera's sway; or it turns back short of the walls, but crosses at least most of the
+    # view.
+    wanted = (distance + half[1]) * math.tan(hfov / 2) + half[0] + 0.3
+    room_span = min(_exit_distance(centre[:2], sign * lateral[:2], room[:2]) for sign in (-1, 1)) - 0.1
+    amplitude = min(wanted, room_span - float(np.linalg.norm(half[:2])))
+    if not math.isfinite(room_span) or amplitude < 0.7 * wanted:
+        return None
+    freq = _uniform(rng, PASSER_SPEED_MPS) / (2 * math.pi * amplitude)  # peak speed of the sinusoid
+    crossing = _uniform(rng, PASSER_CROSSING) * duration
+    offset = Sinusoids(rng.choice([-1.0, 1.0]) * amplitude * lateral[None], np.array([freq]),
+                       np.array([-2 * math.pi * freq * crossing]))
+    path = RigidPath(centre, yaw_rotation(heading + math.pi / 2), offset, np.array([0.0, 0.0, 1.0]), 0.0)
+    event = {"half_extents_m": half.round(4).tolist(), "distance_m": round(float(distance), 4),
+             "amplitude_m": round(float(amplitude), 4), "crossing_s": round(crossing, 4)}
+    return Body("box", half, path, (material,) * 6, rng.uniform(0, 1, size=2)), event
+
+
+def _moving_body(config: SynthConfig, rng: np.random.Generator, camera: CameraPath, heading: float,
+                 hfov: float, tighten: float, material: int) -> Body:
+    """A box or ball circling an elliptical loop that faces the camera (looking along ``heading``), while
+    spinning; ``tighten`` (>= 1) multiplies its laps per second at the same speed, shrinking the loop."""
     distance = _uniform(rng, config.moving_distance_m)
     # Its diameter spans a drawn share of the image width at this distance (the image is 2 tan(hfov/2)
     # metres wide per metre of depth), so wide-angle views get larger objects than telephoto ones.
@@ -379,7 +515,7 @@ def _moving_body(config: SynthConfig, rng: np.random.Generator, camera: CameraPa
     # Angular speed (fields of view per second) times distance: metres per second across the view.
     speed = _uniform(rng, config.moving_view_speed) * hfov * distance
     freq = _uniform(rng, MOVING_HZ) * tighten
-    bearing = camera.base_angles[0] + rng.uniform(-0.22, 0.22) * hfov
+    bearing = heading + rng.uniform(-0.22, 0.22) * hfov
     view = np.array([np.cos(bearing), np.sin(bearing), 0.0])
     lateral = np.array([-view[1], view[0], 0.0])
     # Major axis across the view, minor axis up, tilted towards or away from the camera (depth changes too).
@@ -429,11 +565,14 @@ def _against_wall(rng: np.random.Generator, room: np.ndarray, width: float, dept
 
 def sample_scene(config: SynthConfig, seed: int) -> Scene:
     """Draw a scene from ``seed``: same config and seed, same scene (and, rendered, identical bytes)."""
-    # Separate streams: adding a stream (the sensor's) changes neither the layout nor the textures.
-    layout_seq, texture_seq, sensor_seq = np.random.SeedSequence(seed).spawn(3)
-    rng = np.random.default_rng(layout_seq)
+    # Separate streams: adding a stream (the sensor's, the events') changes neither the layout nor the
+    # textures of a video that draws no event.
+    layout_seq, texture_seq, sensor_seq, events_seq = np.random.SeedSequence(seed).spawn(4)
+    rng, events = np.random.default_rng(layout_seq), np.random.default_rng(events_seq)
+    has_passer, has_wall = events.random() < config.passers, events.random() < config.near_wall
     W, H = config.width, config.height
     num_frames = int(rng.integers(config.num_frames[0], config.num_frames[1] + 1))
+    duration = num_frames / config.fps
     hfov = math.radians(_uniform(rng, config.hfov_deg))
     # The image spans W pixels edge to edge, i.e. from u = -0.5 to W - 0.5 around the ideal centre.
     f = W / (2 * math.tan(hfov / 2))
@@ -449,24 +588,48 @@ def sample_scene(config: SynthConfig, seed: int) -> Scene:
     floor = mats.pick(["planks", "planks", "tiles", "fabric"], (0.04, 0.12), (0.25, 0.7), (0.35, 0.75))
     ceiling = mats.pick(["plaster"], (0, 1), (0.0, 0.08), (0.78, 0.92))
     walls = [wall] * 4
-    walls[rng.integers(4)] = accent
+    accent_wall = int(rng.integers(4))
+    walls[accent_wall] = accent
     room_body = Body("room", room / 2, RigidPath.static(room / 2, np.eye(3)), (*walls, floor, ceiling),
                      np.zeros(2))
 
     camera = _camera_path(config, rng, room)
+    heading, scene_events = float(camera.base_angles[0]), {"passer": None, "near_wall": None}
+    if has_wall:
+        camera, heading, scene_events["near_wall"] = _near_wall(camera, events, room, accent_wall, duration)
     layout = _Layout(room, camera.centre, camera.offset.reach())
 
-    for _ in range(rng.integers(config.moving_objects[0], config.moving_objects[1] + 1)):
-        material = mats.pick(["blotches", "checker"], (0, 1), (0.5, 0.9), (0.55, 0.95))
+    if has_passer:
+        material = mats.add(["fabric", "stripes", "blotches"][events.integers(3)],
+                            (events.uniform(0, 1), events.uniform(0.2, 0.7), events.uniform(0.3, 0.8)))
+        for _attempt in range(ATTEMPTS):
+            drawn = _passer(events, room, camera, heading, hfov, duration, material)
+            if drawn is not None and layout.fits_passer(drawn[0]):
+                scene_events["passer"] = drawn[1]
+                break
+
+    def place_moving(material: int) -> None:
         for attempt in range(ATTEMPTS):
             # Later attempts tighten the loop (up to MAX_TIGHTEN), sweeping less volume at the same speed.
-            body = _moving_body(config, rng, camera, hfov, min(MAX_TIGHTEN, 1.03**attempt), material)
+            body = _moving_body(config, rng, camera, heading, hfov, min(MAX_TIGHTEN, 1.03**attempt), material)
             if layout.fits_moving(body):
                 layout.moving.append(body)
-                break
+                return
+
+    moving_materials = []
+    for _ in range(rng.integers(config.moving_objects[0], config.moving_objects[1] + 1)):
+        moving_materials.append(mats.pick(["blotches", "checker"], (0, 1), (0.5, 0.9), (0.55, 0.95)))
+        place_moving(moving_materials[-1])
+    if not layout.moving and layout.passers:
+        # The passer's path leaves no room for the moving objects (about 1 passer in 5): the video goes
+        # without it.
+        layout.drop_passers()
+        scene_events["passer"] = None
+        for material in moving_materials:
+            place_moving(material)
     if not layout.moving:
         raise SceneLayoutError(f"seed {seed}: no moving object fits this room; widen synth.room_size_m or "
-                           "shrink synth.moving_view_size / moving_distance_m")
+                               "shrink synth.moving_view_size / moving_distance_m")
 
     furniture_mats = [mats.pick(["planks", "fabric", "plaster", "checker"], (0, 1), (0.15, 0.7), (0.4, 0.85))
                       for _ in range(3)]
@@ -525,7 +688,7 @@ def sample_scene(config: SynthConfig, seed: int) -> Scene:
 
     light_position = np.array([*rng.uniform(0.3, 0.7, 2) * room[:2], room[2] - 0.6])
     light_colour = (1.0 + rng.uniform(-0.06, 0.06, 3)) * rng.uniform(0.95, 1.1)
-    bodies = (room_body, *layout.static, *layout.moving)
+    bodies = (room_body, *layout.static, *layout.moving, *layout.passers)
     return Scene(
         seed=seed,
         width=W,
@@ -544,6 +707,7 @@ def sample_scene(config: SynthConfig, seed: int) -> Scene:
         light_colour=light_colour,
         ambient=config.ambient,
         sensor=_sensor(config, seed, np.random.default_rng(sensor_seq)),
+        events=scene_events,
     )
 
 
