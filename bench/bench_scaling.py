@@ -13,8 +13,8 @@ touches (``synth_images`` and/or ``pretrain``, then ``train`` and ``evaluate``).
 
 ``collect`` reads the default's numbers from the workspace (``data/evaluate/metrics.json``) and the
 others from the experiments DVC keeps, and writes bench/results/bench_scaling.{json,md,csv,png}: held-out
-AbsRel (student, streaming; alignment none) and its ratio to the teacher's, δ1, moving-object AbsRel, TAE
-and stream-vs-reset TAE for every point.
+AbsRel (student, streaming; alignment none) and its ratio to the teacher's, δ1, moving-object and
+near-view AbsRel, TAE, and the stream-vs-reset ratios of TAE and near-view AbsRel for every point.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def summary(metrics: dict) -> dict[str, float]:
         "tae": stream["tae"],
         "tae_vs_teacher": stream["tae"] / teacher["tae"],
         "tae_vs_reset": stream["tae"] / reset["tae"],
+        "near_abs_rel": stream["near_abs_rel"],
+        "near_abs_rel_vs_reset": stream["near_abs_rel"] / reset["near_abs_rel"],
         "teacher_abs_rel": teacher["abs_rel"],
     }
 
@@ -130,15 +132,15 @@ def markdown(rows: list[dict]) -> str:
         "",
         "Held-out videos, alignment none, student streaming (`dvc exp show` of the `scaling-*` experiments).",
         "",
-        "| key | size | AbsRel | / teacher | δ1 | moving AbsRel | TAE (%) | TAE / teacher"
-        " | TAE stream / reset |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| key | size | AbsRel | / teacher | δ1 | moving AbsRel | near-view AbsRel | TAE (%) | TAE / teacher"
+        " | TAE stream / reset | near-view AbsRel stream / reset |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['key']}` | {r['size']} | {r['abs_rel']:.3f} | {r['abs_rel_vs_teacher']:.2f} "
-            f"| {r['delta1']:.3f} | {r['moving_abs_rel']:.3f} | {r['tae']:.2f} | {r['tae_vs_teacher']:.3f} "
-            f"| {r['tae_vs_reset']:.3f} |"
+            f"| {r['delta1']:.3f} | {r['moving_abs_rel']:.3f} | {r['near_abs_rel']:.3f} | {r['tae']:.2f} "
+            f"| {r['tae_vs_teacher']:.3f} | {r['tae_vs_reset']:.3f} | {r['near_abs_rel_vs_reset']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

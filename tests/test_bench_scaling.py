@@ -16,8 +16,10 @@ def metrics(abs_rel: float, tae: float = 2.0) -> dict:
     """A metrics.json with the aggregate entries the study reads."""
     return {"aggregate": {"none": {
         "teacher": {"abs_rel": 0.05, "delta1": 0.99, "moving_abs_rel": 0.07, "tae": 5.0},
-        "student_stream": {"abs_rel": abs_rel, "delta1": 0.9, "moving_abs_rel": 0.3, "tae": tae},
-        "student_reset": {"abs_rel": abs_rel, "delta1": 0.9, "moving_abs_rel": 0.3, "tae": 2 * tae},
+        "student_stream": {"abs_rel": abs_rel, "delta1": 0.9, "moving_abs_rel": 0.3, "near_abs_rel": 0.2,
+                           "tae": tae},
+        "student_reset": {"abs_rel": abs_rel, "delta1": 0.9, "moving_abs_rel": 0.3, "near_abs_rel": 0.25,
+                          "tae": 2 * tae},
     }}}
 
 
@@ -56,6 +58,7 @@ def test_collect_reads_experiments_from_dvc_exp_show(tmp_path, monkeypatch):
     assert by_point[("synth_images.count", 1500)]["experiment"] == "workspace (default)"
     assert by_point[("pretrain.steps", 9000)]["abs_rel_vs_teacher"] == pytest.approx(1.6)
     assert by_point[("pretrain.steps", 9000)]["tae_vs_reset"] == pytest.approx(0.5)
+    assert by_point[("pretrain.steps", 9000)]["near_abs_rel_vs_reset"] == pytest.approx(0.8)
     for suffix in ("json", "md", "csv", "png"):
         assert (tmp_path / "out" / f"bench_scaling.{suffix}").stat().st_size > 0
     shown[1]["experiments"] = exps[:2]

@@ -60,7 +60,7 @@ def test_pretrain_feeds_train():
     # Adding a video (synth.videos) must not re-render the image set.
     assert "synth" not in stages["synth_images"]["params"]
     assert "synth.videos" not in stages["synth_images"]["params"]
-    # Every other key that shapes a scene at time 0 is listed; the video-only ones are not.
+    # Every other key that shapes a scene's frame is listed; the video-only ones are not.
     listed = {p.removeprefix("synth.") for p in stages["synth_images"]["params"] if p.startswith("synth.")}
     video_only = {"videos", "crf", "shutter"}
     assert listed == {f.name for f in dataclasses.fields(SynthConfig)} - video_only

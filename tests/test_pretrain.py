@@ -30,7 +30,7 @@ from videomamba_depth.models import ModelConfig, build_student, load_student, sa
 from videomamba_depth.models.io import load_preprocessing
 from videomamba_depth.pretraining import PretrainConfig, pretrain
 from videomamba_depth.pretraining.loop import data_fingerprint, with_default_K
-from videomamba_depth.synth.images import SynthImagesConfig, write_synth_images
+from videomamba_depth.synth.images import SynthImagesConfig, image_frame, write_synth_images
 from videomamba_depth.synth.render import Renderer
 from videomamba_depth.synth.scene import SynthConfig, sample_scene
 from videomamba_depth.training import TrainConfig, train
@@ -62,13 +62,15 @@ def test_image_set_is_deterministic_parallel_identical_and_readable(tmp_path):
     assert tree_digest(one) == again == tree_digest(two)
     assert len((one / "train.txt").read_text().splitlines()) == 5
     assert (one / "val.txt").read_text().split()[0] == "rgb/0001005.png"  # val seeds follow the train seeds
-    # The file list loads, and the image is the first frame of the scene of its seed (the video path's).
+    # The file list loads, and the image is a frame of the scene of its seed (the video path's), the one
+    # image_frame draws.
     dataset = open_image_dataset(
         ImageDatasetConfig(format="filelist", root=str(one), split="train.txt"), long_edge=32, pad_multiple=2
     )
     sample = dataset[0]
     # Single images have no motion blur (the sensor's other draws are the video's).
-    frame = Renderer(sample_scene(dataclasses.replace(synth, shutter=(0.0, 0.0)), 1000)).frame(0)
+    scene = sample_scene(dataclasses.replace(synth, shutter=(0.0, 0.0)), 1000)
+    frame = Renderer(scene).frame(image_frame(1000, scene.num_frames))
     assert frame.flow_fwd is not None  # the video path still renders flow
     assert np.array_equal(sample["rgb"].permute(1, 2, 0).numpy(), frame.rgb)
     assert np.array_equal(sample["depth"].numpy(), frame.depth)

@@ -2,13 +2,15 @@
 
 Image ``i`` of the training list is the scene of seed ``seed_start + i`` (validation: ``seed_start + count +
 i``), drawn by :func:`~videomamba_depth.synth.scene.sample_scene` with the ``synth`` section's ranges (room
-sizes, fields of view, furniture, moving objects, image size) and rendered at time 0 without flow
-(:meth:`Renderer.frame` with ``flow=False``). Every image is its own room, so a set of 1500 images has 1500
-rooms: scene diversity is what pre-training is for. A seed whose scene cannot be laid out (no moving object
-fits its room: :class:`SceneLayoutError`, about 1 seed in 1000 with the default ranges) is left out of its
-list, so a list may hold a few images fewer than ``count`` / ``val_count``; which ones is fixed by the
-params. The seeds must not meet any video seed of
-``synth.videos`` (held-out videos included), which :func:`check_disjoint_seeds` enforces.
+sizes, fields of view, furniture, moving objects, image size) and rendered without flow
+(:meth:`Renderer.frame` with ``flow=False``) at one frame of the video that seed would render, drawn from the
+seed's own stream (:func:`image_frame`): at time 0 a near-wall camera always looks into the room and a passer
+is always near the middle of the view, so time 0 alone would leave the close views out. Every image is its own
+room, so a set of 1500 images has 1500 rooms: scene diversity is what pre-training is for. A seed whose scene
+cannot be laid out (no moving object fits its room: :class:`SceneLayoutError`, about 1 seed in 1000 with the
+default ranges) is left out of its list, so a list may hold a few images fewer than ``count`` / ``val_count``;
+which ones is fixed by the params. The seeds must not meet any video seed of ``synth.videos`` (held-out videos
+included), which :func:`check_disjoint_seeds` enforces.
 
 Output (``out_dir``, default ``data/synth_images``), the file-list format of ``videomamba_depth.datasets``:
 ``rgb/<seed>.png`` (8-bit RGB), ``depth/<seed>.npy`` (float32 z-depth, metres, > 0 everywhere),
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from videomamba_depth.config import ConfigError, StageConfig
@@ -117,14 +120,20 @@ def write_synth_images(config: SynthImagesConfig, synth: SynthConfig, out_dir: s
     return out_dir
 
 
+def image_frame(seed: int, num_frames: int) -> int:
+    """The frame of its video that the image of ``seed`` shows: uniform over ``num_frames``, from a random
+    stream of its own (entropy ``[seed, 1]``, apart from the scene's ``SeedSequence(seed)`` streams)."""
+    return int(np.random.default_rng([seed, 1]).integers(num_frames))
+
+
 def render_image(synth: SynthConfig, seed: int) -> Frame | None:
-    """The single frame of the scene of ``seed``: a :class:`~videomamba_depth.synth.render.Frame` at time 0,
-    without flow; None when the scene cannot be laid out (:class:`SceneLayoutError`)."""
+    """The single frame of the scene of ``seed``: a :class:`~videomamba_depth.synth.render.Frame` at
+    :func:`image_frame`, without flow; None when the scene cannot be laid out (:class:`SceneLayoutError`)."""
     try:
         scene = sample_scene(synth, seed)
     except SceneLayoutError:
         return None
-    return Renderer(scene).frame(0, flow=False)
+    return Renderer(scene).frame(image_frame(seed, scene.num_frames), flow=False)
 
 
 def _render_chunk(synth: SynthConfig, folder: Path, seeds: Sequence[int]) -> list[tuple[Path, ...] | None]:
