@@ -5,7 +5,7 @@ import argparse
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.flow import FlowConfig, flow_tasks
 from videomamba_depth.manifest import DATA_DIR, load_manifest, select_videos
-from videomamba_depth.pervideo import run_videos
+from videomamba_depth.pervideo import PrecomputeConfig, run_videos
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,9 +15,10 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     names = list(select_videos(load_manifest(params), args.names))
     config = load_section(FlowConfig, "flow", params)
+    precompute = load_section(PrecomputeConfig, "precompute", params, required=False)
     tasks = flow_tasks(names, config)
     run_videos("flow", tasks, code_module="videomamba_depth.flow",
-               root=DATA_DIR / "flow", prune=not args.names)
+               root=DATA_DIR / "flow", prune=not args.names, workers=precompute.workers)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def copy_stages(project: Path, names: tuple[str, ...]) -> None:
     for stage in stages.values():
         files |= {d for d in stage["deps"] if d.startswith(("stages/", "videomamba_depth/"))}
         # This project's videos stand where the embedded default's synthetic ones do.
-        stage["deps"] = [d for d in stage["deps"] if d != "data/synth"]
+        stage["deps"] = [d for d in stage["deps"] if d != "data/index/synth.json"]
         if stage["cmd"].endswith("stages.decode"):
             stage["deps"].append("videos")
     for file in files:

@@ -298,7 +298,7 @@ def test_one_bad_video_does_not_affect_the_others(tmp_path, good):
 # ---------------------------------------------------------------------------------------------------------
 # Damaged stores: every reader (here the prepare stage and inspect) refuses them, naming store, array, shard.
 
-RGB_SHARD = "rgb/c/0/0/0/0"
+RGB_SHARD = "rgb/c.0.0.0.0"
 
 
 def _drop_first_chunk(store):
@@ -320,16 +320,16 @@ def _set_format_version(store, version):
 
 
 STORE_CASES = {
-    "shard_deleted": (lambda s: (s / RGB_SHARD).unlink(), r"/rgb: 1 shard file\(s\) missing \(c/0/0/0/0\)"),
-    "metadata_shard_deleted": (lambda s: (s / "K/c/0/0/0").unlink(), r"/K: 1 shard file\(s\) missing"),
+    "shard_deleted": (lambda s: (s / RGB_SHARD).unlink(), r"/rgb: 1 shard file\(s\) missing \(c.0.0.0.0\)"),
+    "metadata_shard_deleted": (lambda s: (s / "K/c.0.0.0").unlink(), r"/K: 1 shard file\(s\) missing"),
     "shard_truncated": (
         lambda s: truncate(s / RGB_SHARD, s / RGB_SHARD, 0.7),
-        r"/rgb: shard c/0/0/0/0 is truncated or corrupt \(its index checksum does not match\)",
+        r"/rgb: shard c.0.0.0.0 is truncated or corrupt \(its index checksum does not match\)",
     ),
     "shard_emptied": (
-        lambda s: (s / RGB_SHARD).write_bytes(b""), r"/rgb: shard c/0/0/0/0 is truncated \(0 bytes"
+        lambda s: (s / RGB_SHARD).write_bytes(b""), r"/rgb: shard c.0.0.0.0 is truncated \(0 bytes"
     ),
-    "chunk_lost": (_drop_first_chunk, r"/rgb: shard c/0/0/0/0 lacks 1 chunk\(s\) inside the array"),
+    "chunk_lost": (_drop_first_chunk, r"/rgb: shard c.0.0.0.0 lacks 1 chunk\(s\) inside the array"),
     "older_format": (
         lambda s: _set_format_version(s, 1), rf"format_version 1; this code reads {STORE_FORMAT_VERSION}"
     ),
@@ -756,12 +756,12 @@ def test_a_failed_rerun_keeps_the_previous_good_store(tmp_path):
     params = project_params()
     write_params(project, params)
     dvc(project, "repro")
-    before = (project / "data/frames/a.zarr/rgb/c/0/0/0/0").read_bytes()
+    before = (project / "data/frames/a.zarr/rgb/c.0.0.0.0").read_bytes()
     # Newly corrupt input: the store made from the good file is kept, and DVC records nothing new.
     (project / "videos" / "a.mp4").write_bytes(b"\x00" * 4096)
     result = dvc(project, "repro", check=False)
     assert result.returncode != 0 and "videos/a.mp4: not a readable video" in result.stdout
-    assert (project / "data/frames/a.zarr/rgb/c/0/0/0/0").read_bytes() == before
+    assert (project / "data/frames/a.zarr/rgb/c.0.0.0.0").read_bytes() == before
     # Bad params: refused before any store is touched.
     params["prepare"]["long_edge"] = -3
     write_params(project, params)

@@ -75,8 +75,8 @@ def test_store_layout_few_files_and_independent_reader(tmp_path, video):
     save_intrinsics_json(tmp_path / "K.json", K, W, H)
     group, out = _decode(tmp_path, path, "pyav", intrinsics=tmp_path / "K.json")
     # Root metadata + one metadata file and one shard per array.
-    assert store_files(out) == ["K/c/0/0/0", "K/zarr.json", "corrupt/c/0", "corrupt/zarr.json",
-                                "rgb/c/0/0/0/0", "rgb/zarr.json", "timestamps/c/0", "timestamps/zarr.json",
+    assert store_files(out) == ["K/c.0.0.0", "K/zarr.json", "corrupt/c.0", "corrupt/zarr.json",
+                                "rgb/c.0.0.0.0", "rgb/zarr.json", "timestamps/c.0", "timestamps/zarr.json",
                                 "zarr.json"]
     assert group["rgb"].metadata.dimension_names == ("t", "y", "x", "c")
     assert group["K"].metadata.dimension_names == ("t", "i", "j") and group["K"].attrs["units"] == "pixels"

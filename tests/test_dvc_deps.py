@@ -46,8 +46,39 @@ def test_train_params_never_reach_data_stages():
             fields = {f.name for f in dataclasses.fields(ModelConfig)}
             runtime = {"freeze_encoder", "ssm_backend", "ssm_chunk_size"}
             assert sorted(params) == sorted(f"train.model.{k}" for k in fields - runtime)
+        elif name == "split":  # it lists the videos train reads, nothing else of train
+            assert params == ["train.videos"]
         elif name not in ("train", "evaluate"):
             assert not params, name
+
+
+def test_train_and_evaluate_depend_on_their_own_videos_only():
+    """No data folder is a dependency of train or evaluate: adding or changing a video that is not theirs
+    (a held-out one, for train) changes no file they depend on, so DVC does not re-run them."""
+    stages = _stages()
+    data_folders = {"data/prepared", "data/teacher", "data/flow", "data/frames", "data/synth"}
+    for name in ("train", "evaluate"):
+        assert not data_folders & set(stages[name]["deps"]), name
+        split = f"data/split/{name}.json"
+        assert split in stages[name]["deps"] and split in stages["split"]["outs"]
+    assert {"videos", "train.videos", "evaluate.videos"} == set(stages["split"]["params"])
+
+
+def test_stores_are_read_through_their_index():
+    """A folder of stores is an output of its stage only; every reader depends on its index, which the
+    stage writes next to it, so DVC walks the folder once."""
+    stages = _stages()
+    for kind in ("synth", "frames", "prepared", "teacher", "flow"):
+        outs = {n: {o if isinstance(o, str) else next(iter(o)): o for o in s["outs"]}
+                for n, s in stages.items()}
+        writers = [n for n in stages if f"data/{kind}" in outs[n]]
+        # Both persist: a failing re-run (DVC deletes other outputs first) keeps the stores and their index.
+        index = outs[writers[0]].get(f"data/index/{kind}.json")
+        assert len(writers) == 1 and index == {f"data/index/{kind}.json": {"persist": True}}, kind
+        assert not [n for n, s in stages.items() if f"data/{kind}" in s["deps"]], kind
+    assert "data/index/prepared.json" in stages["teacher"]["deps"]
+    assert {"data/index/prepared.json", "data/index/teacher.json"} <= set(stages["flow"]["deps"])
+    assert {f"data/index/{k}.json" for k in ("prepared", "teacher", "flow")} <= set(stages["split"]["deps"])
 
 
 def test_pretrain_feeds_train():

@@ -208,7 +208,7 @@ def test_params_flow_section_loads_and_dvc_lists_every_leaf() -> None:
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["flow"]
     assert sorted(stage["params"]) == sorted(f"flow.{k}" for k in cfg.to_dict())
     deps = stage["deps"]
-    for dep in ("data/prepared", "data/teacher", "stages/flow.py"):
+    for dep in ("data/index/prepared.json", "data/index/teacher.json", "stages/flow.py"):
         assert dep in deps
     assert "videomamba_depth/flow" in deps
 

@@ -94,8 +94,8 @@ def test_rgb_is_cv2_resize_then_zero_pad(tmp_path):
     # Missing intrinsics stay missing; the store is still complete and few-file.
     assert group.attrs["intrinsics"] == "missing" and "K" not in group
     assert group.attrs["fps"] == 10.0 and group.attrs["num_frames"] == T
-    files = ["corrupt/c/0", "corrupt/zarr.json", "rgb/c/0/0/0/0", "rgb/zarr.json", "timestamps/c/0",
-             "timestamps/zarr.json", "valid/c/0/0", "valid/zarr.json", "zarr.json"]
+    files = ["corrupt/c.0", "corrupt/zarr.json", "rgb/c.0.0.0.0", "rgb/zarr.json", "timestamps/c.0",
+             "timestamps/zarr.json", "valid/c.0.0", "valid/zarr.json", "zarr.json"]
     assert store_files(out) == files
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from test_teacher import scene, write_prepared
 
-from videomamba_depth.pervideo import stored_fingerprint
+from videomamba_depth.pervideo import stored_fingerprint, write_index
 from videomamba_depth.zarrio import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,7 @@ def _project(root: Path) -> dict[str, str]:
     rgb, depth, K = scene(T=NUM_FRAMES, h=96, w=128)
     for v in VIDEOS:
         write_prepared(root / "data" / "prepared" / f"{v}.zarr", rgb, K=K, gt_depth=depth, gt_K=K)
+    write_index(root / "data" / "prepared", {v: f"fixture-{v}" for v in VIDEOS})  # as prepare would
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)

@@ -81,6 +81,14 @@ def test_dataset_items_shapes_pairs_and_no_ground_truth(project):
         dataset[Item(0, 10, 4)]
 
 
+def test_a_process_opens_only_the_stores_of_the_clips_it_reads(project):
+    """A DDP rank (or loader worker) reads its share of the clips: it opens those videos' stores only."""
+    dataset = ClipDataset(find_videos(["a", "b"], val_frames=4))
+    (project / "data" / "teacher" / "a.zarr").rename(project / "elsewhere")  # never needed below
+    assert dataset[Item(1, 0, 2)]["depth"].shape == (2, 28, 42)
+    assert list(dataset._stores) == [1]
+
+
 def test_missing_or_mismatched_stores_are_named(project):
     with pytest.raises(StoreError, match=r"data/flow/c\.zarr: no such store"):
         write_training_video(project, "c")

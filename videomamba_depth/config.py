@@ -79,12 +79,17 @@ class StageConfig:
         return _plain(dataclasses.asdict(self))
 
 
-def load_section(cls: type[C], section: str, params: Mapping[str, Any] | None = None) -> C:
-    """Load ``params[section]`` (default: ``params.yaml`` in the working directory) into ``cls``."""
+def load_section(
+    cls: type[C], section: str, params: Mapping[str, Any] | None = None, *, required: bool = True
+) -> C:
+    """Load ``params[section]`` (default: ``params.yaml`` in the working directory) into ``cls``.
+
+    ``required=False``: a missing section means every default (sections added after a user's params.yaml).
+    """
     params = load_params() if params is None else params
-    if section not in params:
+    if section not in params and required:
         raise ConfigError(f"params.yaml: missing section '{section}'")
-    return cls.from_dict(params[section], where=f"{PARAMS_FILE}: {section}")
+    return cls.from_dict(params.get(section), where=f"{PARAMS_FILE}: {section}")
 
 
 def _plain(value: Any) -> Any:

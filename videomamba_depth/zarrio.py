@@ -45,6 +45,10 @@ from videomamba_depth.errors import InputError
 FORMAT_VERSION = 2
 # Stores always write every chunk: a missing one is damage, never "all fill value".
 _ARRAY_CONFIG = {"write_empty_chunks": True}
+# Chunk (shard) files side by side in the array's folder, "c.0.0.0", not one folder per index level
+# ("c/0/0/0"): a store is a few files and folders per array, which is what DVC walks and checks on every
+# `dvc status` (readers find the encoding in each array's metadata, so older stores still read).
+_CHUNK_KEYS = {"name": "default", "separator": "."}
 # Shard index entry of a chunk that is not stored (Zarr v3 sharding spec).
 _NOT_STORED = 2**64 - 1
 # Problems listed in a StoreError message before "... and N more".
@@ -220,6 +224,7 @@ def create_time_array(
         fill_value=fill_value,
         dimension_names=tuple(dims),
         attributes={"units": units, "description": description, **(attrs or {})},
+        chunk_key_encoding=_CHUNK_KEYS,
         config=_ARRAY_CONFIG,
     )
 
@@ -258,6 +263,7 @@ def create_static_array(
         fill_value=0,
         dimension_names=tuple(dims),
         attributes={"units": units, "description": description},
+        chunk_key_encoding=_CHUNK_KEYS,
         config=_ARRAY_CONFIG,
     )
     arr[...] = data

@@ -36,7 +36,7 @@ from videomamba_depth.flow.backends import DISBackend, FlowBackend, RAFTBackend
 from videomamba_depth.flow.consistency import forward_backward_consistency
 from videomamba_depth.flow.rigid import estimate_relative_pose, rigid_flow, static_mask
 from videomamba_depth.manifest import store_path
-from videomamba_depth.pervideo import VideoTask, input_fingerprint
+from videomamba_depth.pervideo import VideoTask, array_cost, input_fingerprint
 from videomamba_depth.provenance import provenance
 from videomamba_depth.zarrio import (
     StoreError,
@@ -202,7 +202,8 @@ def flow_tasks(names: Iterable[str], cfg: FlowConfig) -> list[VideoTask]:
         }
         run = partial(compute_flow_store, prepared, teacher, out, cfg, video=name)
         packages = BACKEND_PACKAGES[cfg.backend]
-        tasks.append(VideoTask(name=name, out=out, inputs=inputs, run=run, packages=packages))
+        tasks.append(VideoTask(name=name, out=out, inputs=inputs, run=run, packages=packages,
+                               cost=array_cost(prepared)))
     return tasks
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from videomamba_depth.camera import make_K, validate_K
 from videomamba_depth.errors import InputError
 from videomamba_depth.manifest import store_path
-from videomamba_depth.pervideo import VideoTask, input_fingerprint, path_digest
+from videomamba_depth.pervideo import VideoTask, array_cost, input_fingerprint, path_digest
 from videomamba_depth.provenance import provenance
 from videomamba_depth.teacher.base import Teacher, TeacherConfig, TeacherOutput, VideoContext, read_frames
 from videomamba_depth.teacher.synthetic import SyntheticTeacher
@@ -202,7 +202,8 @@ def teacher_tasks(names: Iterable[str], cfg: TeacherConfig) -> list[VideoTask]:
         prepared, out = store_path("prepared", name), store_path("teacher", name)
         inputs = {"config": cfg.to_dict(), "weights": weights, "prepared": input_fingerprint(prepared)}
         run = partial(run_teacher, cfg, prepared, out, video=name)
-        tasks.append(VideoTask(name, out, inputs, run, packages=BACKEND_PACKAGES[cfg.backend]))
+        tasks.append(VideoTask(name, out, inputs, run, packages=BACKEND_PACKAGES[cfg.backend],
+                               cost=array_cost(prepared)))
     return tasks
 
 

@@ -159,30 +159,29 @@ class ClipDataset(Dataset):
         self.videos = list(videos)
         self.with_flow = with_flow
         self._pid: int | None = None
-        self._stores: list[dict[str, zarr.Group]] = []
+        self._stores: dict[int, dict[str, zarr.Group]] = {}
 
     def __len__(self) -> int:
         return sum(v.num_frames for v in self.videos)
 
-    def _open(self) -> list[dict[str, zarr.Group]]:
+    def _open(self, index: int) -> dict[str, zarr.Group]:
+        """The stores of video ``index``, opened on first use in this process: a DDP rank or loader worker
+        opens only the videos its clips come from, however many the training set has."""
         # Reopen in every process: a forked worker gets its own stores (and zarr event loop).
         if self._pid != os.getpid():
-            self._stores = [
-                {
-                    "prepared": open_store(v.prepared),
-                    "teacher": open_store(v.teacher),
-                    "flow": open_store(v.flow),
-                }
-                for v in self.videos
-            ]
+            self._stores = {}
             self._pid = os.getpid()
-        return self._stores
+        if index not in self._stores:
+            v = self.videos[index]
+            self._stores[index] = {"prepared": open_store(v.prepared), "teacher": open_store(v.teacher),
+                                   "flow": open_store(v.flow)}
+        return self._stores[index]
 
     def __getitem__(self, item: Item) -> dict[str, torch.Tensor]:
         video = self.videos[item.video]
         if not (0 <= item.start and item.start + item.length <= video.num_frames and item.length >= 1):
             raise IndexError(f"{video.name}: frames [{item.start}, {item.start + item.length}) out of range")
-        stores = self._open()[item.video]
+        stores = self._open(item.video)
         # Contiguous slices: zarr decodes each chunk once (fancy indexing is ~10x slower).
         frames = slice(item.start, item.start + item.length)
         pairs = slice(item.start, item.start + item.length - 1)

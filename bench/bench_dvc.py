@@ -1,0 +1,157 @@
+"""DVC's own cost as the video count grows: ``dvc status``, a no-op ``dvc repro``, dvc.lock, adding a video.
+
+Each project is a temporary folder with the repository's real data stages (``synth``, ``decode``,
+``prepare``, ``teacher``, ``flow``) and ``split``, copied from ``dvc.yaml``, over ``N`` tiny synthetic
+videos (64 x 48 pixels, 8 frames). ``pretrain``, ``train`` and ``evaluate`` are left out: their DVC cost does
+not grow with the video count (train and evaluate depend on one split file each, not on the data folders).
+
+Per ``N``: the first ``dvc repro`` (all the work); ``dvc status`` and a second ``dvc repro`` with nothing to
+do; dvc.lock's size; then one held-out video is added (``synth.videos``, the manifest, ``evaluate.videos``)
+and ``dvc repro`` must compute that video only and leave ``data/split/train.json`` as it was (training is
+not re-run). Its time is compared with the first ``dvc repro`` of a one-video project (that video's work plus
+the fixed per-stage overhead).
+
+Run: ``python -m bench.bench_dvc --videos 8 64 256 1000`` (about 25 min on 2 idle cores, most of it the first
+repro at 1,000 videos). Results go to bench/results/bench_dvc.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.common import write_results
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("synth", "decode", "prepare", "teacher", "flow", "split")
+TINY_SYNTH = {"width": 64, "height": 48, "num_frames": [8, 8], "supersample": 1}
+SEED0 = 500_000  # far from the embedded default's seeds
+
+
+def dvc(project: Path, *args: str) -> tuple[float, str]:
+    """Run ``dvc args`` in ``project``; (wall seconds, stdout + stderr). Fails loudly."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
+                            text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {project}:\n{result.stdout}\n{result.stderr}")
+    return seconds, result.stdout + result.stderr
+
+
+def video_names(n: int) -> list[str]:
+    return [f"v{i:05d}" for i in range(n)]
+
+
+def project_params(names: list[str], held_out: int) -> dict:
+    """params.yaml: the repository's sections, the tiny synth set of ``names`` and its manifest; the last
+    ``held_out`` videos are evaluate's, the others train's."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    synth = {**base["synth"], **TINY_SYNTH, "videos": {n: SEED0 + i for i, n in enumerate(names)}}
+    manifest = {n: {"video": f"data/synth/{n}/video.mp4", "intrinsics": f"data/synth/{n}/intrinsics.json",
+                    "ground_truth": f"data/synth/{n}/gt.zarr"} for n in names}
+    split = len(names) - held_out
+    return {
+        "videos": manifest,
+        "synth": synth,
+        **{section: base[section] for section in ("decode", "prepare", "precompute", "teacher", "flow")},
+        "train": {"videos": names[:split]},
+        "evaluate": {"videos": names[split:]},
+    }
+
+
+def make_project(root: Path, names: list[str]) -> Path:
+    """A DVC project (no Git) with the library, the stages of :data:`STAGES` and a params.yaml."""
+    root.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("videomamba_depth", "stages"):
+        shutil.copytree(REPO / folder, root / folder, ignore=ignore)
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: pipeline["stages"][s] for s in STAGES}},
+                                                  sort_keys=False))
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+    held_out = max(1, len(names) // 4)
+    (root / "params.yaml").write_text(yaml.safe_dump(project_params(names, held_out), sort_keys=False))
+    dvc(root, "init", "--no-scm", "-q")
+    return root
+
+
+def add_video(project: Path, name: str) -> None:
+    """Add ``name`` as one more held-out video (synth seed, manifest entry, evaluate.videos)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    names = [*params["videos"], name]
+    updated = project_params(names, len(params["evaluate"]["videos"]) + 1)
+    assert updated["train"] == params["train"]
+    (project / "params.yaml").write_text(yaml.safe_dump(updated, sort_keys=False))
+
+
+def computed(log: str) -> list[str]:
+    return re.findall(r"^(\w+): (\S+): computed$", log, re.M)
+
+
+def measure(root: Path, n: int) -> dict:
+    names = video_names(n + 1)
+    project = make_project(root / f"n{n}", names[:n])
+    first, log = dvc(project, "repro")
+    assert len(computed(log)) == 5 * n, "the first repro computes every video in every data stage"
+    status, log = dvc(project, "status")
+    assert "up to date" in log, log
+    noop, log = dvc(project, "repro")
+    assert "Running stage" not in log, log
+    lock = (project / "dvc.lock").read_bytes()
+    files = sum(len(files) for _, _, files in os.walk(project / "data"))
+    train_split = (project / "data/split/train.json").read_bytes()
+    add_video(project, names[n])
+    add, log = dvc(project, "repro")
+    work = computed(log)
+    assert sorted(work) == sorted((stage, names[n]) for stage in STAGES[:5]), work
+    assert (project / "data/split/train.json").read_bytes() == train_split, "a held-out video re-ran train"
+    shutil.rmtree(project)
+    return {"videos": n, "first_repro_s": first, "status_s": status, "noop_repro_s": noop,
+            "lock_bytes": len(lock), "lock_lines": lock.count(b"\n"), "data_files": files, "add_one_s": add}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, nargs="+", default=[8, 64, 256, 1000])
+    parser.add_argument("--results", type=Path, default=None, help="folder for the results (bench/results)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_dvc_") as tmp:
+        single = make_project(Path(tmp) / "one", video_names(1))
+        one_video, _ = dvc(single, "repro")
+        shutil.rmtree(single)
+        rows = []
+        for n in args.videos:
+            rows.append(measure(Path(tmp), n))
+            print(rows[-1], flush=True)
+    results = {"one_video_repro_s": one_video, "tiny_synth": TINY_SYNTH, "stages": list(STAGES),
+               "cpu_count": os.cpu_count(), "rows": rows}
+    lines = [
+        f"DVC cost by video count (tiny videos: 64 x 48, 8 frames; stages {', '.join(STAGES)}). A one-video "
+        f"project's first `dvc repro`: {one_video:.1f} s.",
+        "",
+        "| videos | first `dvc repro` | `dvc status` | no-op `dvc repro` | dvc.lock | files under data/ "
+        "| adding one video (x one-video project) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['videos']} | {r['first_repro_s']:.0f} s | {r['status_s']:.1f} s | "
+                     f"{r['noop_repro_s']:.1f} s | {r['lock_bytes'] / 1024:.0f} KB / {r['lock_lines']} lines "
+                     "| "
+                     f"{r['data_files']} | {r['add_one_s']:.1f} s ({r['add_one_s'] / one_video:.2f}x) |")
+    kwargs = {} if args.results is None else {"directory": args.results}
+    write_results("bench_dvc", results, "\n".join(lines) + "\n", **kwargs)
+
+
+if __name__ == "__main__":
+    main()
