@@ -61,7 +61,7 @@ def test_train_and_evaluate_depend_on_their_own_videos_only():
         assert not data_folders & set(stages[name]["deps"]), name
         split = f"data/split/{name}.json"
         assert split in stages[name]["deps"] and split in stages["split"]["outs"]
-    assert {"videos", "train.videos", "evaluate.videos"} == set(stages["split"]["params"])
+    assert {"train.videos", "evaluate.videos"} == set(stages["split"]["params"])
 
 
 def test_stores_are_read_through_their_index():
