@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,14 +242,21 @@ def run_pending(
             task.run()
         except (InputError, OSError) as exc:
             results[task.name] = exc
-            print(f"{stage}: {task.name}: {exc}", flush=True)
+            say(f"{stage}: {task.name}: {exc}")
             continue
         # Recorded last: a store killed before this line is simply recomputed by the next run.
         marker = zarr.open_group(task.marker_path, mode="r+", zarr_format=3)
         marker.attrs[FINGERPRINT_ATTR] = wanted[task.name]
         results[task.name] = None
-        print(f"{stage}: {task.name}: computed", flush=True)
+        say(f"{stage}: {task.name}: computed")
     return results
+
+
+def say(line: str) -> None:
+    """Print ``line`` with one write: worker processes share stdout, and an unbuffered ``print`` writes the
+    line and its newline separately, so two workers' lines could interleave mid-line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def balanced_shares(tasks: Iterable[VideoTask], n: int) -> list[list[VideoTask]]:
