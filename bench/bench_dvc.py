@@ -99,7 +99,7 @@ def computed(log: str) -> list[str]:
     return re.findall(r"^(\w+): (\S+): computed$", log, re.M)
 
 
-def measure(root: Path, n: int) -> dict:
+def measure(root: Path, n: int, keep: bool = False) -> dict:
     names = video_names(n + 1)
     project = make_project(root / f"n{n}", names[:n])
     first, log = dvc(project, "repro")
@@ -116,7 +116,8 @@ def measure(root: Path, n: int) -> dict:
     work = computed(log)
     assert sorted(work) == sorted((stage, names[n]) for stage in STAGES[:5]), work
     assert (project / "data/split/train.json").read_bytes() == train_split, "a held-out video re-ran train"
-    shutil.rmtree(project)
+    if not keep:
+        shutil.rmtree(project)
     return {"videos": n, "first_repro_s": first, "status_s": status, "noop_repro_s": noop,
             "lock_bytes": len(lock), "lock_lines": lock.count(b"\n"), "data_files": files, "add_one_s": add}
 
@@ -125,14 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, nargs="+", default=[8, 64, 256, 1000])
     parser.add_argument("--results", type=Path, default=None, help="folder for the results (bench/results)")
+    parser.add_argument("--keep", type=Path, default=None, help="build the projects here and keep them")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_dvc_") as tmp:
-        single = make_project(Path(tmp) / "one", video_names(1))
+        root = Path(tmp) if args.keep is None else args.keep
+        single = make_project(root / "one", video_names(1))
         one_video, _ = dvc(single, "repro")
         shutil.rmtree(single)
         rows = []
         for n in args.videos:
-            rows.append(measure(Path(tmp), n))
+            rows.append(measure(root, n, keep=args.keep is not None))
             print(rows[-1], flush=True)
     results = {"one_video_repro_s": one_video, "tiny_synth": TINY_SYNTH, "stages": list(STAGES),
                "cpu_count": os.cpu_count(), "rows": rows}
