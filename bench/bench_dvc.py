@@ -11,7 +11,7 @@ and ``dvc repro`` must compute that video only and leave ``data/split/train.json
 not re-run). Its time is compared with the first ``dvc repro`` of a one-video project (that video's work plus
 the fixed per-stage overhead).
 
-Run: ``python -m bench.bench_dvc --videos 8 64 256 1000`` (about 25 min on 2 idle cores, most of it the first
+Run: ``python -m bench.bench_dvc --videos 8 64 256 1000`` (about 22 min on 2 idle cores, most of it the first
 repro at 1,000 videos). Results go to bench/results/bench_dvc.{json,md}.
 """
 
