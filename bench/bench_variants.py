@@ -35,7 +35,7 @@ import torch
 from bench.common import PARAMS, RESULTS, write_results
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.datasets import ImageDatasetConfig, open_image_dataset
-from videomamba_depth.devices import resolve_device
+from videomamba_depth.devices import cpu_threads, resolve_device
 from videomamba_depth.errors import InputError
 from videomamba_depth.evaluation import (
     HEADLINE_ALIGNMENT,
@@ -50,7 +50,6 @@ from videomamba_depth.metrics import aggregate
 from videomamba_depth.models import ModelConfig
 from videomamba_depth.prepare import PrepareConfig
 from videomamba_depth.pretraining import PretrainConfig, pretrain
-from videomamba_depth.training.loop import cpu_threads
 
 # params.yaml's paths of pipeline outputs start with this folder; --data replaces it.
 DATA = Path("data")

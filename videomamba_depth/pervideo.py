@@ -284,11 +284,13 @@ def bind_worker(rank: int, world: int) -> None:
     """Give this worker its share of the machine: its own GPU (``LOCAL_RANK``) and of the CPU threads."""
     import torch
 
+    from videomamba_depth.devices import cpu_threads
+
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    threads = max(1, len(os.sched_getaffinity(0)) // local_world)
+    threads = cpu_threads(local_world)
     torch.set_num_threads(threads)
     try:
         import cv2

@@ -54,6 +54,7 @@ from videomamba_depth.datasets import (
     collate_images,
     open_image_dataset,
 )
+from videomamba_depth.devices import cpu_threads
 from videomamba_depth.inference.intrinsics import DEFAULT_HFOV_DEG, K_from_hfov
 from videomamba_depth.losses import (
     feature_alignment_loss,
@@ -77,7 +78,6 @@ from videomamba_depth.training.loop import (
     ResumableRun,
     build_optimizer,
     check_replicas_in_sync,
-    cpu_threads,
     open_live,
 )
 from videomamba_depth.viz import colorize, robust_range

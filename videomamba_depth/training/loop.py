@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from videomamba_depth.codehash import code_fingerprint
+from videomamba_depth.devices import cpu_threads
 from videomamba_depth.errors import InputError
 from videomamba_depth.losses import DistillationLoss
 from videomamba_depth.models import (
@@ -271,12 +271,6 @@ def train(
         return _Trainer(config, Path(out_dir), context, Path(pretrained)).run()
     finally:
         teardown(context)
-
-
-def cpu_threads(world_size: int) -> int:
-    """Torch threads per process when none are set: the cores available, shared between the processes."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // world_size)
 
 
 class ResumableRun:
