@@ -33,7 +33,7 @@ import yaml
 
 from bench.common import call_seconds, write_results
 from videomamba_depth.decode import DecodeConfig, decode_video
-from videomamba_depth.manifest import VideoEntry
+from videomamba_depth.manifest import MANIFEST_FILE, VideoEntry, write_manifest
 from videomamba_depth.prepare import PrepareConfig, prepare_video
 from videomamba_depth.video.reader import open_video
 from videomamba_depth.video.writer import write_mp4
@@ -148,7 +148,7 @@ def bench_dvc_noop(work: Path) -> dict:
     files = {"videomamba_depth/__init__.py", "videomamba_depth/video/__init__.py"}
     for stage in stages.values():
         files |= {d for d in stage["deps"] if d.startswith(("stages/", "videomamba_depth/"))}
-        stage["deps"] = [d for d in stage["deps"] if d != "data/synth"]  # this project has its own videos
+        stage["deps"] = [d for d in stage["deps"] if d != "data/index/synth.json"]  # its own videos
     for file in files:
         if (REPO / file).is_dir():
             shutil.copytree(REPO / file, project / file, ignore=shutil.ignore_patterns("__pycache__"))
@@ -160,9 +160,10 @@ def bench_dvc_noop(work: Path) -> dict:
     for name in ("a", "b"):
         write_mp4(project / f"{name}.mp4", make_frames(30, 192, 256), fps=30)
         videos[name] = {"video": f"{name}.mp4", "intrinsics": None, "ground_truth": None}
-    params = {"videos": videos, "decode": {"backend": "decord", "folder_fps": 30.0},
+    params = {"decode": {"backend": "decord", "folder_fps": 30.0},
               "prepare": {"long_edge": 224, "pad_multiple": 14}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_manifest(videos, project / MANIFEST_FILE)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
     def dvc(*args: str) -> None:

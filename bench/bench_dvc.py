@@ -6,10 +6,15 @@ videos (64 x 48 pixels, 8 frames). ``pretrain``, ``train`` and ``evaluate`` are 
 not grow with the video count (train and evaluate depend on one split file each, not on the data folders).
 
 Per ``N``: the first ``dvc repro`` (all the work); ``dvc status`` and a second ``dvc repro`` with nothing to
-do; dvc.lock's size; then one held-out video is added (``synth.videos``, the manifest, ``evaluate.videos``)
-and ``dvc repro`` must compute that video only and leave ``data/split/train.json`` as it was (training is
-not re-run). Its time is compared with the first ``dvc repro`` of a one-video project (that video's work plus
+do; dvc.lock's size; a ``train.lr`` change must leave every stage up to date (a sweep touches no data
+stage); then one held-out video is added (``synth.videos``, data/manifest.yaml, ``evaluate.videos``) and
+``dvc repro`` must compute that video only and leave ``data/split/train.json`` as it was (training is not
+re-run). Its time is compared with the first ``dvc repro`` of a one-video project (that video's work plus
 the fixed per-stage overhead).
+
+Last, what ``decode`` pays on every run to confirm that the manifest's videos are unchanged (the content
+hash in each fingerprint): ``--inputs`` files of ``--input-mb`` MB each, hashed once in full, then again,
+when the hash cache (``videomamba_depth.provenance.file_sha256``) answers from each file's stat.
 
 Run: ``python -m bench.bench_dvc --videos 8 64 256 1000`` (about 22 min on 2 idle cores, most of it the first
 repro at 1,000 videos). Results go to bench/results/bench_dvc.{json,md}.
@@ -30,6 +35,9 @@ from pathlib import Path
 import yaml
 
 from bench.common import write_results
+from videomamba_depth.manifest import MANIFEST_FILE, load_manifest, write_manifest
+from videomamba_depth.pervideo import path_digest
+from videomamba_depth.provenance import DIGEST_CACHE_ENV, RACY_S
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "decode", "prepare", "teacher", "flow", "split")
@@ -53,25 +61,27 @@ def video_names(n: int) -> list[str]:
     return [f"v{i:05d}" for i in range(n)]
 
 
-def project_params(names: list[str], held_out: int) -> dict:
-    """params.yaml: the repository's sections, the tiny synth set of ``names`` and its manifest; the last
-    ``held_out`` videos are evaluate's, the others train's."""
+def write_project_params(root: Path, names: list[str], held_out: int, lr: float | None = None) -> None:
+    """params.yaml (the repository's sections, the tiny synth set of ``names``, ``train.lr`` or the
+    repository's) and data/manifest.yaml (its videos); the last ``held_out`` videos are evaluate's, the
+    others train's."""
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     synth = {**base["synth"], **TINY_SYNTH, "videos": {n: SEED0 + i for i, n in enumerate(names)}}
     manifest = {n: {"video": f"data/synth/{n}/video.mp4", "intrinsics": f"data/synth/{n}/intrinsics.json",
                     "ground_truth": f"data/synth/{n}/gt.zarr"} for n in names}
     split = len(names) - held_out
-    return {
-        "videos": manifest,
+    params = {
         "synth": synth,
         **{section: base[section] for section in ("decode", "prepare", "precompute", "teacher", "flow")},
-        "train": {"videos": names[:split]},
+        "train": {"videos": names[:split], "lr": base["train"]["lr"] if lr is None else lr},
         "evaluate": {"videos": names[split:]},
     }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_manifest(manifest, root / MANIFEST_FILE)
 
 
 def make_project(root: Path, names: list[str]) -> Path:
-    """A DVC project (no Git) with the library, the stages of :data:`STAGES` and a params.yaml."""
+    """A DVC project (no Git) with the library, the stages of :data:`STAGES`, params.yaml and the manifest."""
     root.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__")
     for folder in ("videomamba_depth", "stages"):
@@ -81,7 +91,7 @@ def make_project(root: Path, names: list[str]) -> Path:
                                                   sort_keys=False))
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     held_out = max(1, len(names) // 4)
-    (root / "params.yaml").write_text(yaml.safe_dump(project_params(names, held_out), sort_keys=False))
+    write_project_params(root, names, held_out)
     dvc(root, "init", "--no-scm", "-q")
     return root
 
@@ -89,10 +99,16 @@ def make_project(root: Path, names: list[str]) -> Path:
 def add_video(project: Path, name: str) -> None:
     """Add ``name`` as one more held-out video (synth seed, manifest entry, evaluate.videos)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    names = [*params["videos"], name]
-    updated = project_params(names, len(params["evaluate"]["videos"]) + 1)
-    assert updated["train"] == params["train"]
-    (project / "params.yaml").write_text(yaml.safe_dump(updated, sort_keys=False))
+    names = [*load_manifest(project / MANIFEST_FILE), name]
+    write_project_params(project, names, len(params["evaluate"]["videos"]) + 1, lr=params["train"]["lr"])
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"] == params["train"]
+
+
+def sweep_train(project: Path) -> None:
+    """Change ``train.lr``, as ``dvc exp run -S train.lr=...`` would."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["lr"] *= 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def computed(log: str) -> list[str]:
@@ -111,6 +127,9 @@ def measure(root: Path, n: int, keep: bool = False) -> dict:
     lock = (project / "dvc.lock").read_bytes()
     files = sum(len(files) for _, _, files in os.walk(project / "data"))
     train_split = (project / "data/split/train.json").read_bytes()
+    sweep_train(project)
+    _, log = dvc(project, "status")
+    assert "up to date" in log, f"a train.* sweep changed a data stage or split: {log}"
     add_video(project, names[n])
     add, log = dvc(project, "repro")
     work = computed(log)
@@ -122,14 +141,37 @@ def measure(root: Path, n: int, keep: bool = False) -> dict:
             "lock_bytes": len(lock), "lock_lines": lock.count(b"\n"), "data_files": files, "add_one_s": add}
 
 
+def input_check(root: Path, files: int, megabytes: int) -> dict:
+    """Seconds to hash ``files`` random files of ``megabytes`` MB each (as ``decode`` fingerprints its
+    videos): the first time, in full; the second, from the hash cache."""
+    folder = root / "inputs"
+    folder.mkdir(parents=True)
+    paths = [folder / f"video_{i:04d}.mp4" for i in range(files)]
+    for path in paths:
+        path.write_bytes(os.urandom(megabytes << 20))
+    time.sleep(RACY_S + 0.5)  # older than the cache's racy window, as a user's videos are
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        digests = [path_digest(path) for path in paths]
+        seconds.append(time.perf_counter() - start)
+    assert digests == [path_digest(path) for path in paths]
+    shutil.rmtree(folder)
+    return {"files": files, "megabytes": megabytes, "first_s": seconds[0], "cached_s": seconds[1]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, nargs="+", default=[8, 64, 256, 1000])
     parser.add_argument("--results", type=Path, default=None, help="folder for the results (bench/results)")
     parser.add_argument("--keep", type=Path, default=None, help="build the projects here and keep them")
+    parser.add_argument("--inputs", type=int, default=64, help="input files for the hash check")
+    parser.add_argument("--input-mb", type=int, default=16, help="size of each, MB")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_dvc_") as tmp:
         root = Path(tmp) if args.keep is None else args.keep
+        # The stages' hash cache starts empty and is not the user's (the stages inherit the variable).
+        os.environ[DIGEST_CACHE_ENV] = str(Path(tmp) / "sha256.sqlite")
         single = make_project(root / "one", video_names(1))
         one_video, _ = dvc(single, "repro")
         shutil.rmtree(single)
@@ -137,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.videos:
             rows.append(measure(root, n, keep=args.keep is not None))
             print(rows[-1], flush=True)
+        inputs = input_check(root, args.inputs, args.input_mb)
     results = {"one_video_repro_s": one_video, "tiny_synth": TINY_SYNTH, "stages": list(STAGES),
-               "cpu_count": os.cpu_count(), "rows": rows}
+               "cpu_count": os.cpu_count(), "rows": rows, "input_check": inputs}
     lines = [
         f"DVC cost by video count (tiny videos: 64 x 48, 8 frames; stages {', '.join(STAGES)}). A one-video "
         f"project's first `dvc repro`: {one_video:.1f} s.",
@@ -152,6 +195,12 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['noop_repro_s']:.1f} s | {r['lock_bytes'] / 1024:.0f} KB / {r['lock_lines']} lines "
                      "| "
                      f"{r['data_files']} | {r['add_one_s']:.1f} s ({r['add_one_s'] / one_video:.2f}x) |")
+    lines += [
+        "",
+        f"Confirming that {inputs['files']} input videos of {inputs['megabytes']} MB are unchanged (their "
+        f"content hashes): {inputs['first_s']:.2f} s the first time, {inputs['cached_s']:.3f} s from the "
+        f"hash cache ({inputs['first_s'] / max(inputs['cached_s'], 1e-9):.0f}x).",
+    ]
     kwargs = {} if args.results is None else {"directory": args.results}
     write_results("bench_dvc", results, "\n".join(lines) + "\n", **kwargs)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import PARAMS, write_results
+from videomamba_depth.manifest import MANIFEST_FILE, load_manifest, write_manifest
 
 REPO = PARAMS.parent
 
@@ -49,9 +50,10 @@ def run_precompute(root: Path, names: list[str], workers: int) -> tuple[dict[str
         store = f"{name}.zarr"
         (folder / "data" / "prepared" / store).symlink_to(REPO / "data" / "prepared" / store)
     params = yaml.safe_load(PARAMS.read_text())
-    params["videos"] = {name: params["videos"][name] for name in names}
     params["precompute"] = {"workers": workers}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    manifest = load_manifest(REPO / MANIFEST_FILE)
+    write_manifest({name: manifest[name].to_dict() for name in names}, folder / MANIFEST_FILE)
     seconds = {stage: stage_seconds(folder, stage) for stage in ("teacher", "flow")}
     return seconds, {kind: files(folder / "data" / kind) for kind in ("teacher", "flow")}
 

@@ -1,4 +1,5 @@
-"""Stage ``decode``: every manifest video -> ``data/frames/<name>.zarr`` (up-to-date stores are skipped)."""
+"""Stage ``decode``: every video of ``data/manifest.yaml`` -> ``data/frames/<name>.zarr`` (up-to-date stores
+are skipped)."""
 
 import argparse
 
@@ -10,10 +11,10 @@ from videomamba_depth.pervideo import run_videos
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", help="videos to decode (default: every video in 'videos')")
+    parser.add_argument("names", nargs="*", help="videos to decode (default: all of data/manifest.yaml)")
     args = parser.parse_args(argv)
     params = load_params()
-    manifest = select_videos(load_manifest(params), args.names)
+    manifest = select_videos(load_manifest(), args.names)
     config = load_section(DecodeConfig, "decode", params)
     tasks = decode_tasks(manifest, config)
     run_videos("decode", tasks, code_module="videomamba_depth.decode",

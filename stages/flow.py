@@ -10,10 +10,10 @@ from videomamba_depth.pervideo import PrecomputeConfig, run_videos
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", help="videos to run (default: every video in 'videos')")
+    parser.add_argument("names", nargs="*", help="videos to run (default: all of data/manifest.yaml)")
     args = parser.parse_args(argv)
     params = load_params()
-    names = list(select_videos(load_manifest(params), args.names))
+    names = list(select_videos(load_manifest(), args.names))
     config = load_section(FlowConfig, "flow", params)
     precompute = load_section(PrecomputeConfig, "precompute", params, required=False)
     tasks = flow_tasks(names, config)

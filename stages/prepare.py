@@ -10,10 +10,10 @@ from videomamba_depth.prepare import KIND, PrepareConfig, prepare_tasks
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", help="videos to prepare (default: every video in 'videos')")
+    parser.add_argument("names", nargs="*", help="videos to prepare (default: all of data/manifest.yaml)")
     args = parser.parse_args(argv)
     params = load_params()
-    manifest = select_videos(load_manifest(params), args.names)
+    manifest = select_videos(load_manifest(), args.names)
     config = load_section(PrepareConfig, "prepare", params)
     tasks = prepare_tasks(manifest, config)
     run_videos("prepare", tasks, code_module="videomamba_depth.prepare",

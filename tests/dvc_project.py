@@ -15,6 +15,7 @@ import yaml
 from video_inputs import smooth_frames, tiny_K, write_video
 
 from videomamba_depth.camera import save_intrinsics_json
+from videomamba_depth.manifest import MANIFEST_FILE, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "prepare")
@@ -39,7 +40,12 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
 
 
 def write_params(project: Path, params: dict) -> None:
+    """``params.yaml`` of ``params``, its ``videos`` (when given) in the project's ``data/manifest.yaml``."""
+    params = dict(params)
+    videos = params.pop("videos", None)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if videos is not None:
+        write_manifest(videos, project / MANIFEST_FILE)
 
 
 def copy_stages(project: Path, names: tuple[str, ...]) -> None:
@@ -79,7 +85,7 @@ def make_project(root: Path) -> Path:
 
 
 def project_params(**videos) -> dict:
-    """params.yaml of :func:`make_project` (``videos`` replaces the manifest when given)."""
+    """Params of :func:`make_project`, for :func:`write_params` (``videos`` replaces the manifest)."""
     return {
         "videos": videos or {
             "a": entry("videos/a.mp4"),

@@ -170,8 +170,7 @@ def _run_decode(d, monkeypatch, video, name="v", **decode):
     """The decode stage's entry point, in ``d`` with a params.yaml naming ``video``; returns the store."""
     from stages import decode as stage
 
-    params = {"videos": {name: {"video": str(video)}}, "decode": decode}
-    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(d, {"videos": {name: {"video": str(video)}}, "decode": decode})
     monkeypatch.chdir(d)
     _stage_main(stage, name)
     return d / "data" / "frames" / f"{name}.zarr"
@@ -344,8 +343,8 @@ def _frames_store(d, frames=None):
 def _run_prepare(d, monkeypatch):
     from stages import prepare as stage
 
-    params = {"videos": {"v": {"video": "unused.mp4"}}, "prepare": {"long_edge": 32, "pad_multiple": 14}}
-    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(d, {"videos": {"v": {"video": "unused.mp4"}},
+                     "prepare": {"long_edge": 32, "pad_multiple": 14}})
     monkeypatch.chdir(d)
     _stage_main(stage, "v")
     return d / "data" / "prepared" / "v.zarr"
@@ -657,7 +656,7 @@ def test_bad_training_state_starts_fresh_and_says_why(tmp_path, monkeypatch, cap
 
 
 def _params(d, params):
-    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(d, params)
 
 
 ENTRY_POINT_CASES = {
@@ -707,7 +706,8 @@ def test_expected_errors_are_one_line(tmp_path, case, debug):
         assert re.search(message.split("error: ", 1)[1], lines[-1]), run.stderr
     else:
         assert run.returncode == 2 and len(lines) == 1 and re.fullmatch(message + ".*", lines[0]), run.stderr
-    assert not (tmp_path / "data").exists()
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {"params.yaml", "data/manifest.yaml"}  # nothing of a stage's output
 
 
 def test_bugs_keep_their_traceback(tmp_path):

@@ -6,6 +6,7 @@ from typing import Literal
 import pytest
 
 from videomamba_depth.config import ConfigError, StageConfig, load_params, load_section
+from videomamba_depth.manifest import load_manifest
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ def test_load_section_and_errors(tmp_path):
 
 def test_repository_params_have_every_stage_section():
     params = load_params()
-    for section in ("videos", "synth", "decode", "prepare", "teacher", "flow", "train", "evaluate"):
+    for section in ("synth", "decode", "prepare", "teacher", "flow", "train", "evaluate"):
         assert section in params, section
+    assert load_manifest(), "the repository's manifest (data/manifest.yaml) lists the embedded videos"
 
 
 def test_device_setting_resolves_or_names_the_param(monkeypatch):

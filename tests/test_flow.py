@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from dvc_project import write_params
 
 from videomamba_depth.camera import IntrinsicsError, make_K, relative_pose
 from videomamba_depth.config import ConfigError, load_params, load_section
@@ -469,8 +470,8 @@ def test_stage_main_writes_the_store(tmp_path: Path, scene: dict, monkeypatch: p
     write_prepared(tmp_path / "data/prepared/clip.zarr", scene["rgb"][:T], None)
     K_used = np.broadcast_to(padded_K(), (T, 3, 3))
     write_teacher(tmp_path / "data/teacher/clip.zarr", scene["depth"][:T], K_used)
-    params = {"videos": {"clip": {"video": "clip.mp4"}}, "flow": {"backend": "dis", "dis_preset": "fast"}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path, {"videos": {"clip": {"video": "clip.mp4"}},
+                            "flow": {"backend": "dis", "dis_preset": "fast"}})
     monkeypatch.chdir(tmp_path)
     stage.main(["clip"])
     g = open_store(tmp_path / "data/flow/clip.zarr", kind="flow")
@@ -531,7 +532,7 @@ def test_raft_flow_stage_end_to_end_has_the_dis_store_layout(
     for backend in ("dis", "raft"):
         params = {"videos": {"clip": {"video": "clip.mp4"}},
                   "flow": {"backend": backend, "raft_ckpt": None, "raft_iters": 2, "raft_batch_pairs": 2}}
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        write_params(tmp_path, params)
         stage.main(["clip"])
         (tmp_path / "data/flow/clip.zarr").rename(tmp_path / f"{backend}.zarr")
         g = open_store(tmp_path / f"{backend}.zarr", kind="flow")

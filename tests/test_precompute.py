@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from dvc_project import write_params
 from test_teacher import scene, write_prepared
 
 from videomamba_depth.config import ConfigError
@@ -57,7 +57,7 @@ def _project(root: Path, workers: int, broken: str | None = None) -> Path:
         "teacher": {"backend": "synthetic"},
         "flow": {"backend": "dis", "dis_preset": "fast"},
     }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(root, params)
     return root
 
 

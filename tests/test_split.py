@@ -9,6 +9,7 @@ import pytest
 
 from videomamba_depth.config import ConfigError
 from videomamba_depth.errors import InputError
+from videomamba_depth.manifest import write_manifest
 from videomamba_depth.pervideo import index_path, write_index
 from videomamba_depth.split import KINDS, split_path, write_split
 
@@ -21,8 +22,10 @@ def _store(name: str, kind: str, value: str) -> None:
 
 
 def _params(train: list[str], held_out: list[str]) -> dict:
-    videos = {n: {"video": f"{n}.mp4", "intrinsics": None, "ground_truth": None} for n in train + held_out}
-    return {"videos": videos, "train": {"videos": train}, "evaluate": {"videos": held_out}}
+    """Write the manifest of ``train + held_out``; the params of split."""
+    write_manifest({n: {"video": f"{n}.mp4", "intrinsics": None, "ground_truth": None}
+                    for n in train + held_out})
+    return {"train": {"videos": train}, "evaluate": {"videos": held_out}}
 
 
 @pytest.fixture

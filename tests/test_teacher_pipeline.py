@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from dvc_project import write_params
 from test_teacher import scene, write_prepared
 
 from videomamba_depth.pervideo import stored_fingerprint, write_index
@@ -32,7 +33,7 @@ def _project(root: Path) -> dict[str, str]:
     shutil.copy(REPO / "stages" / "teacher.py", root / "stages" / "teacher.py")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     videos = {v: {"video": f"{v}.mp4", "intrinsics": None, "ground_truth": f"{v}_gt.zarr"} for v in VIDEOS}
-    (root / "params.yaml").write_text(yaml.safe_dump({"videos": videos, "teacher": params["teacher"]}))
+    write_params(root, {"videos": videos, "teacher": params["teacher"]})
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["teacher"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"teacher": stage}}))
     (root / ".dvcignore").write_text((REPO / ".dvcignore").read_text())

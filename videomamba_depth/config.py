@@ -44,6 +44,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if "videos" in params:
+        raise ConfigError(f"{path}: the video manifest ('videos') now lives in data/manifest.yaml; move the "
+                          "section there unchanged (README 'Your own videos')")
     return params
 
 

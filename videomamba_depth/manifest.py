@@ -1,4 +1,4 @@
-"""The video manifest: the top-level ``videos`` section of ``params.yaml``.
+"""The video manifest: ``data/manifest.yaml``, one entry per video.
 
 Each entry names one video; the name is used for every output (``data/<stage>/<name>.zarr``)::
 
@@ -7,6 +7,11 @@ Each entry names one video; the name is used for every output (``data/<stage>/<n
         video: videos/kitchen.mp4          # a video file, or a folder of frames
         intrinsics: videos/kitchen_K.json  # .json or .npy, (3,3) or per-frame (T,3,3), pixels; or null
         ground_truth: null                 # a ground-truth Zarr store (synthetic set), or null
+
+Why its own file and not a section of ``params.yaml``: DVC parses ``params.yaml`` (a pure-Python YAML parser)
+once per stage on every ``dvc status`` and records a stage's params in ``dvc.lock``, so a manifest of
+thousands of videos there made every DVC command and the lock grow with the video count. As a file
+dependency it costs DVC one hash lookup, and the stages parse it once with libyaml.
 
 The data stages (``decode``, ``prepare``, ...) validate every entry with :func:`load_manifest` before any
 work (names never reach ``dvc.yaml``: see :mod:`videomamba_depth.pervideo`) and find their stores with
@@ -21,17 +26,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from videomamba_depth.config import ConfigError, StageConfig, load_params
+import yaml
 
-MANIFEST_SECTION = "videos"
+from videomamba_depth.config import ConfigError, StageConfig
+from videomamba_depth.zarrio import atomic_file
+
 DATA_DIR = Path("data")
+MANIFEST_FILE = DATA_DIR / "manifest.yaml"
+MANIFEST_KEY = "videos"
 # Names become file names (data/<kind>/<name>.zarr): no separators, spaces, shell characters or leading dots.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# libyaml's parser: a manifest of 10,000 entries parses in well under a second (the pure-Python one takes
+# about ten times longer). The same YAML either way.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
 class VideoEntry(StageConfig):
-    """One manifest entry; paths as written in ``params.yaml`` (relative to the project root).
+    """One manifest entry; paths as written in the manifest (relative to the project root).
 
     - ``video``: a video file (.mp4, .mov, .mkv, ...) or a folder of frames (.png, .jpg, ...; natural order).
     - ``intrinsics``: a .json or .npy file with a (3,3) or per-frame (T,3,3) K in pixels of the original
@@ -44,10 +56,43 @@ class VideoEntry(StageConfig):
     ground_truth: str | None = None
 
 
-def load_manifest(params: Mapping[str, Any] | None = None) -> dict[str, VideoEntry]:
-    """Every manifest entry, by name (default: ``params.yaml`` in the working directory)."""
-    videos = _videos(params)
-    return {str(name): _entry(str(name), value) for name, value in videos.items()}
+def load_manifest(path: str | Path = MANIFEST_FILE) -> dict[str, VideoEntry]:
+    """Every entry of the manifest file ``path``, by name; else a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the video manifest ({exc.strerror}; see README "
+                          "'Your own videos')") from exc
+    try:
+        doc = yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_manifest(doc, str(path))
+
+
+def parse_manifest(doc: Any, where: str = str(MANIFEST_FILE)) -> dict[str, VideoEntry]:
+    """Every entry of a manifest document (``{"videos": {name: entry}}``), validated; ``where`` names it."""
+    videos = doc.get(MANIFEST_KEY) if isinstance(doc, Mapping) else None
+    if not isinstance(videos, Mapping) or not videos:
+        raise ConfigError(f"{where}: '{MANIFEST_KEY}' must map video names to entries (see README)")
+    extra = sorted(set(doc) - {MANIFEST_KEY})
+    if extra:
+        raise ConfigError(f"{where}: unknown top-level key(s) {extra}; expected only '{MANIFEST_KEY}'")
+    entries = {}
+    for name, value in videos.items():
+        check_name(str(name), f"{where}: video name")
+        entries[str(name)] = VideoEntry.from_dict(value, where=f"{where}: {MANIFEST_KEY}.{name}")
+    return entries
+
+
+def write_manifest(videos: Mapping[str, Mapping[str, Any]], path: str | Path = MANIFEST_FILE) -> Path:
+    """Write ``{"videos": videos}`` to ``path`` (atomically), as is: for scripts that generate a manifest of
+    many videos, and for tests (the stages validate it, :func:`load_manifest`)."""
+    doc = {MANIFEST_KEY: {str(name): dict(entry) for name, entry in videos.items()}}
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return Path(path)
 
 
 def select_videos(manifest: Mapping[str, VideoEntry], names: Sequence[str]) -> dict[str, VideoEntry]:
@@ -55,7 +100,7 @@ def select_videos(manifest: Mapping[str, VideoEntry], names: Sequence[str]) -> d
     unknown = [n for n in names if n not in manifest]
     if unknown:
         raise ConfigError(
-            f"params.yaml: no video named {', '.join(map(repr, unknown))} in '{MANIFEST_SECTION}'; "
+            f"{MANIFEST_FILE}: no video named {', '.join(map(repr, unknown))}; "
             f"known videos: {', '.join(manifest)}"
         )
     return {n: e for n, e in manifest.items() if not names or n in names}
@@ -73,16 +118,3 @@ def check_name(name: str, what: str) -> None:
 def store_path(kind: str, name: str) -> Path:
     """``data/<kind>/<name>.zarr``: the store of ``kind`` (frames, prepared, ...) for video ``name``."""
     return DATA_DIR / kind / f"{name}.zarr"
-
-
-def _videos(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    params = load_params() if params is None else params
-    videos = params.get(MANIFEST_SECTION)
-    if not isinstance(videos, Mapping) or not videos:
-        raise ConfigError(f"params.yaml: '{MANIFEST_SECTION}' must map video names to entries (see README)")
-    return videos
-
-
-def _entry(name: str, value: Any) -> VideoEntry:
-    check_name(name, "params.yaml: video name")
-    return VideoEntry.from_dict(value, where=f"{MANIFEST_SECTION}.{name}")

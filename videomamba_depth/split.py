@@ -37,7 +37,7 @@ def consumer_videos(params: Mapping[str, Any], consumer: str) -> list[str]:
     names = params.get(consumer, {}).get("videos") if isinstance(params.get(consumer), Mapping) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"params.yaml: {consumer}.videos must be a list of video names, got {names!r}")
-    return list(select_videos(load_manifest(params), names)) if names else []
+    return list(select_videos(load_manifest(), names)) if names else []
 
 
 def split_record(names: Sequence[str], kinds: Sequence[str] = KINDS) -> dict[str, Any]:
