@@ -41,7 +41,7 @@ from videomamba_depth.codehash import code_fingerprint
 from videomamba_depth.config import StageConfig
 from videomamba_depth.errors import InputError
 from videomamba_depth.provenance import file_sha256, package_versions
-from videomamba_depth.zarrio import PARTIAL_MARK, REPLACED_MARK, atomic_file
+from videomamba_depth.zarrio import PARTIAL_MARK, REPLACED_MARK, atomic_file, node_metadata
 
 FINGERPRINT_ATTR = "fingerprint"
 
@@ -103,23 +103,15 @@ def fingerprint(stage: str, code: str, versions: Mapping[str, str], inputs: Mapp
 
 
 def stored_fingerprint(marker: str | Path) -> str | None:
-    """The fingerprint recorded in the Zarr group ``marker``; None when absent or unreadable.
-
-    Read from the group's ``zarr.json`` (Zarr v3 keeps a group's attributes there) without opening the group
-    through zarr: a stage checks every video of the manifest on every run, and this is about 50x cheaper.
-    """
-    attrs = _zarr_json(Path(marker)).get("attributes")
-    value = attrs.get(FINGERPRINT_ATTR) if isinstance(attrs, dict) else None
+    """The fingerprint recorded in the Zarr group ``marker`` (its ``zarr.json``); None when absent or
+    unreadable."""
+    value = _attrs(marker).get(FINGERPRINT_ATTR)
     return value if isinstance(value, str) else None
 
 
-def _zarr_json(node: Path) -> dict:
-    """The metadata document of a Zarr v3 node (``node/zarr.json``); empty when absent or unreadable."""
-    try:
-        meta = json.loads((node / "zarr.json").read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) and meta.get("zarr_format") == 3 else {}
+def _attrs(node: str | Path) -> dict:
+    attrs = node_metadata(node).get("attributes")
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def path_digest(path: str | Path | None) -> str | None:
@@ -151,7 +143,7 @@ def input_fingerprint(path: str | Path | None) -> str | None:
 def array_cost(store: str | Path, array: str = "rgb") -> float:
     """Elements of ``store/array`` (frames x pixels x channels), from its ``zarr.json``: a task's ``cost``;
     1 when unreadable (a missing input store fails in the task itself, with its clear error)."""
-    shape = _zarr_json(Path(store) / array).get("shape")
+    shape = node_metadata(Path(store) / array).get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
         return 1.0
     return float(np.prod(shape))
@@ -376,5 +368,4 @@ def _is_our_output(entry: Path) -> bool:
 
 
 def _has_kind(path: Path) -> bool:
-    attrs = _zarr_json(path).get("attributes")
-    return isinstance(attrs, dict) and "kind" in attrs
+    return "kind" in _attrs(path)

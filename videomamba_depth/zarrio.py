@@ -394,15 +394,23 @@ def verify_store(
     return problems
 
 
+def node_metadata(node: str | Path) -> dict:
+    """The metadata document of a Zarr v3 group or array (``node/zarr.json``), read without opening the node
+    through zarr (about 50x cheaper: stages check every video's store on every run); empty when absent,
+    unreadable or not a JSON object."""
+    try:
+        meta = json.loads((Path(node) / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _root_attrs(path: Path) -> dict:
     """Attributes of the store's root group (``path`` may be a subgroup, e.g. ``prepared/<v>.zarr/gt``)."""
     root = path
     while (root.parent / "zarr.json").is_file():
         root = root.parent
-    try:
-        return json.loads((root / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return {}
+    return node_metadata(root).get("attributes", {})
 
 
 def _own_arrays(path: Path, group: zarr.Group) -> Iterator[zarr.Array]:
@@ -412,11 +420,7 @@ def _own_arrays(path: Path, group: zarr.Group) -> Iterator[zarr.Array]:
     not parse is skipped here: it fails loudly when used, unlike a missing shard, which reads as fill values.
     """
     for child in sorted(path.iterdir()):
-        try:
-            node_type = json.loads((child / "zarr.json").read_text()).get("node_type")
-        except (OSError, ValueError):
-            continue
-        if node_type == "array":
+        if node_metadata(child).get("node_type") == "array":
             yield group[child.name]
 
 
