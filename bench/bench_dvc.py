@@ -38,6 +38,7 @@ from bench.common import write_results
 from videomamba_depth.manifest import MANIFEST_FILE, load_manifest, write_manifest
 from videomamba_depth.pervideo import path_digest
 from videomamba_depth.provenance import DIGEST_CACHE_ENV, RACY_S
+from videomamba_depth.synth.export import GT_STORE
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "decode", "prepare", "teacher", "flow", "split")
@@ -68,7 +69,7 @@ def write_project_params(root: Path, names: list[str], held_out: int, lr: float 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     synth = {**base["synth"], **TINY_SYNTH, "videos": {n: SEED0 + i for i, n in enumerate(names)}}
     manifest = {n: {"video": f"data/synth/{n}/video.mp4", "intrinsics": f"data/synth/{n}/intrinsics.json",
-                    "ground_truth": f"data/synth/{n}/gt.zarr"} for n in names}
+                    "ground_truth": f"data/synth/{n}/{GT_STORE}"} for n in names}
     split = len(names) - held_out
     params = {
         "synth": synth,

@@ -42,6 +42,7 @@ from videomamba_depth.flow.quality import flow_quality
 from videomamba_depth.manifest import VideoEntry
 from videomamba_depth.prepare import PrepareConfig, prepare_video
 from videomamba_depth.synth import SynthConfig, write_synth_video
+from videomamba_depth.synth.export import GT_STORE
 from videomamba_depth.teacher import TeacherConfig, run_teacher
 from videomamba_depth.zarrio import open_store
 
@@ -53,7 +54,7 @@ def make_inputs(root: Path, num_frames: int) -> tuple[Path, Path]:
     synth_cfg = dataclasses.replace(SynthConfig(), videos={"bench": 0}, num_frames=(num_frames, num_frames))
     video_dir = write_synth_video(root / "synth", synth_cfg, "bench")
     entry = VideoEntry(video=str(video_dir / "video.mp4"), intrinsics=str(video_dir / "intrinsics.json"),
-                       ground_truth=str(video_dir / "gt.zarr"))
+                       ground_truth=str(video_dir / GT_STORE))
     decode_video(entry, root / "frames.zarr", DecodeConfig(), name="bench")
     prepare_video(root / "frames.zarr", root / "prepared.zarr", PrepareConfig(),
                   ground_truth=entry.ground_truth, name="bench")
@@ -167,7 +168,7 @@ def quality(params_path: Path, videos: list[str] | None) -> dict:
             render_s += time.perf_counter() - start
             entry = VideoEntry(video=str(video_dir / "video.mp4"),
                                intrinsics=str(video_dir / "intrinsics.json"),
-                               ground_truth=str(video_dir / "gt.zarr"))
+                               ground_truth=str(video_dir / GT_STORE))
             decode_video(entry, root / "frames.zarr", decode_cfg, name=name)
             prepare_video(root / "frames.zarr", root / "prepared.zarr", prepare_cfg,
                           ground_truth=entry.ground_truth, name=name)

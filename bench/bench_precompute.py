@@ -25,6 +25,7 @@ import yaml
 
 from bench.common import PARAMS, write_results
 from videomamba_depth.manifest import MANIFEST_FILE, load_manifest, write_manifest
+from videomamba_depth.zarrio import PACKED_SUFFIX, node_metadata
 
 REPO = PARAMS.parent
 
@@ -47,7 +48,7 @@ def run_precompute(root: Path, names: list[str], workers: int) -> tuple[dict[str
     folder = root / f"workers_{workers}"
     (folder / "data" / "prepared").mkdir(parents=True)
     for name in names:
-        store = f"{name}.zarr"
+        store = f"{name}{PACKED_SUFFIX}"
         (folder / "data" / "prepared" / store).symlink_to(REPO / "data" / "prepared" / store)
     params = yaml.safe_load(PARAMS.read_text())
     params["precompute"] = {"workers": workers}
@@ -59,8 +60,7 @@ def run_precompute(root: Path, names: list[str], workers: int) -> tuple[dict[str
 
 
 def store_frames(name: str) -> int:
-    meta = yaml.safe_load((REPO / "data" / "prepared" / f"{name}.zarr" / "rgb" / "zarr.json").read_text())
-    return meta["shape"][0]
+    return node_metadata(REPO / "data" / "prepared" / f"{name}{PACKED_SUFFIX}" / "rgb")["shape"][0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a small and a large run: the first N videos of the manifest")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    manifest = list(yaml.safe_load(PARAMS.read_text())["videos"])
+    manifest = list(load_manifest(REPO / MANIFEST_FILE))
     prepared = REPO / "data" / "prepared"
-    missing = [n for n in manifest[: max(args.videos)] if not (prepared / f"{n}.zarr").is_dir()]
+    missing = [n for n in manifest[: max(args.videos)] if not (prepared / f"{n}{PACKED_SUFFIX}").is_file()]
     if missing:
         raise SystemExit(f"data/prepared: no store for {', '.join(missing)}; run `dvc repro prepare` first")
     runs: dict[int, dict[int, dict[str, float]]] = {}

@@ -30,7 +30,7 @@ from videomamba_depth.flow import FlowConfig, compute_flow_store
 from videomamba_depth.manifest import VideoEntry, store_path
 from videomamba_depth.prepare import PrepareConfig, prepare_video
 from videomamba_depth.synth import SynthConfig
-from videomamba_depth.synth.export import write_synth_video
+from videomamba_depth.synth.export import GT_STORE, write_synth_video
 from videomamba_depth.teacher import TeacherConfig, run_teacher
 from videomamba_depth.training import ClipDataset, StepPlan, TrainConfig, collate, find_videos, train
 
@@ -46,7 +46,7 @@ def build_inputs(params: dict, frames: int) -> None:
     for name in VIDEOS:
         source = write_synth_video(Path("data/synth") / name, synth, name)
         entry = VideoEntry(
-            str(source / "video.mp4"), str(source / "intrinsics.json"), str(source / "gt.zarr")
+            str(source / "video.mp4"), str(source / "intrinsics.json"), str(source / GT_STORE)
         )
         decode_video(
             entry, store_path("frames", name), load_section(DecodeConfig, "decode", params), name=name

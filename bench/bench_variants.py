@@ -50,6 +50,7 @@ from videomamba_depth.metrics import aggregate
 from videomamba_depth.models import ModelConfig
 from videomamba_depth.prepare import PrepareConfig
 from videomamba_depth.pretraining import PretrainConfig, pretrain
+from videomamba_depth.zarrio import PACKED_SUFFIX
 
 # params.yaml's paths of pipeline outputs start with this folder; --data replaces it.
 DATA = Path("data")
@@ -139,7 +140,7 @@ def configure(
 
 def held_out_stores(data: Path, name: str) -> tuple[Path, Path, Path]:
     """The evaluate stage's prepared, teacher and flow stores of video ``name``."""
-    return tuple(data / kind / f"{name}.zarr" for kind in ("prepared", "teacher", "flow"))
+    return tuple(data / kind / f"{name}{PACKED_SUFFIX}" for kind in ("prepared", "teacher", "flow"))
 
 
 def check_inputs(configs: Sequence[PretrainConfig], data: Path, videos: Sequence[str]) -> None:

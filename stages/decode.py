@@ -1,5 +1,5 @@
-"""Stage ``decode``: every video of ``data/manifest.yaml`` -> ``data/frames/<name>.zarr`` (up-to-date stores
-are skipped)."""
+"""Stage ``decode``: every video of ``data/manifest.yaml`` -> ``data/frames/<name>.zarr.zip`` (up-to-date
+stores are skipped)."""
 
 import argparse
 

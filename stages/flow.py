@@ -1,4 +1,5 @@
-"""Stage ``flow``: every ``data/prepared`` + ``data/teacher/<name>.zarr`` -> ``data/flow/<name>.zarr``."""
+"""Stage ``flow``: every ``data/prepared`` + ``data/teacher/<name>.zarr.zip`` ->
+``data/flow/<name>.zarr.zip``."""
 
 import argparse
 

@@ -1,4 +1,5 @@
-"""Stage ``prepare``: resize + pad every ``data/frames/<name>.zarr`` into ``data/prepared/<name>.zarr``."""
+"""Stage ``prepare``: resize + pad every ``data/frames/<name>.zarr.zip`` into
+``data/prepared/<name>.zarr.zip``."""
 
 import argparse
 

@@ -1,5 +1,6 @@
 """Stage ``synth``: render every video of ``synth.videos`` (name -> seed) into ``data/synth/<name>/``
-(video.mp4, intrinsics.json, gt.zarr); videos already rendered with the same params and code are skipped."""
+(video.mp4, intrinsics.json, gt.zarr.zip); videos already rendered with the same params and code are
+skipped."""
 
 import argparse
 from pathlib import Path

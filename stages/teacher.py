@@ -1,4 +1,5 @@
-"""Stage ``teacher``: every ``data/prepared/<name>.zarr`` -> ``data/teacher/<name>.zarr`` (metric depth)."""
+"""Stage ``teacher``: every ``data/prepared/<name>.zarr.zip`` -> ``data/teacher/<name>.zarr.zip`` (metric
+depth)."""
 
 import argparse
 

@@ -49,7 +49,7 @@ from videomamba_depth.pervideo import VideoFailures
 from videomamba_depth.video.reader import VideoError
 from videomamba_depth.video.writer import Mp4Writer
 from videomamba_depth.zarrio import FORMAT_VERSION as STORE_FORMAT_VERSION
-from videomamba_depth.zarrio import StoreError, open_store, verify_store, writing_store
+from videomamba_depth.zarrio import StoreError, open_store, pack_store, verify_store, writing_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def _run_decode(d, monkeypatch, video, name="v", **decode):
     write_params(d, {"videos": {name: {"video": str(video)}}, "decode": decode})
     monkeypatch.chdir(d)
     _stage_main(stage, name)
-    return d / "data" / "frames" / f"{name}.zarr"
+    return d / "data" / "frames" / f"{name}.zarr.zip"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -185,7 +185,7 @@ def test_bad_video(tmp_path, monkeypatch, case, backend):
         _run_decode(tmp_path, monkeypatch, video, "bad", backend=backend)
     assert str(tmp_path) in str(info.value)  # the full path as given, not just a base name
     assert len(str(info.value).splitlines()) == 1
-    assert leftovers(tmp_path / "data" / "frames", "bad.zarr") == []
+    assert leftovers(tmp_path / "data" / "frames", "bad.zarr.zip") == []
 
 
 # Valid videos decord cannot decode (its frame copy assumes unpadded rows): the error names the backend and
@@ -335,9 +335,15 @@ STORE_CASES = {
 }
 
 
-def _frames_store(d, frames=None):
-    return write_frames_store(d / "data" / "frames" / "v.zarr", smooth_frames() if frames is None else frames,
-                              tiny_K())
+def _frames_store(d, frames=None, damage=None):
+    """The decode stage's store of video ``v`` (packed), from a folder store that ``damage`` was done to."""
+    folder = write_frames_store(d / "v.zarr", smooth_frames() if frames is None else frames, tiny_K())
+    if damage is not None:
+        damage(folder)
+    store = d / "data" / "frames" / "v.zarr.zip"
+    store.parent.mkdir(parents=True)
+    pack_store(folder, store)
+    return store
 
 
 def _run_prepare(d, monkeypatch):
@@ -347,25 +353,26 @@ def _run_prepare(d, monkeypatch):
                      "prepare": {"long_edge": 32, "pad_multiple": 14}})
     monkeypatch.chdir(d)
     _stage_main(stage, "v")
-    return d / "data" / "prepared" / "v.zarr"
+    return d / "data" / "prepared" / "v.zarr.zip"
 
 
 @pytest.mark.parametrize("case", list(STORE_CASES))
 def test_damaged_store_fails_the_stage_that_reads_it(tmp_path, monkeypatch, case):
     damage, message = STORE_CASES[case]
-    store = _frames_store(tmp_path)
-    damage(store)
+    store = _frames_store(tmp_path, damage=damage)
     with pytest.raises(StoreError, match=message) as info:
         _run_prepare(tmp_path, monkeypatch)
     assert str(info.value).startswith(f"{store.relative_to(tmp_path)}: incomplete or corrupt store")
-    assert leftovers(tmp_path / "data" / "prepared", "v.zarr") == []
+    assert leftovers(tmp_path / "data" / "prepared", "v.zarr.zip") == []
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "packed"])
 @pytest.mark.parametrize("case", list(STORE_CASES))
-def test_inspect_flags_damaged_store(tmp_path, capsys, case):
+def test_inspect_flags_damaged_store(tmp_path, capsys, case, packed):
     damage, message = STORE_CASES[case]
-    store = _frames_store(tmp_path)
-    damage(store)
+    store = _frames_store(tmp_path, damage=damage)
+    if not packed:
+        store = tmp_path / "v.zarr"
     assert cli.main(["inspect", str(store)]) == 2
     out, err = capsys.readouterr()
     assert err.startswith(f"videomamba-depth inspect: error: {store}: incomplete or corrupt store: ")
@@ -746,7 +753,7 @@ def test_hostile_manifest_names_are_refused_before_anything_happens(tmp_path, ca
     assert result.returncode != 0 and re.search(message, result.stdout + result.stderr)
     assert (victim / "keep.txt").read_text() == "the user's file"
     assert not list(tmp_path.rglob("PWNED"))
-    assert sorted(p.name for p in (project / "data/frames").iterdir()) == ["a.zarr", "b.zarr"]
+    assert sorted(p.name for p in (project / "data/frames").iterdir()) == ["a.zarr.zip", "b.zarr.zip"]
 
 
 @pytest.mark.slow
@@ -756,18 +763,18 @@ def test_a_failed_rerun_keeps_the_previous_good_store(tmp_path):
     params = project_params()
     write_params(project, params)
     dvc(project, "repro")
-    before = (project / "data/frames/a.zarr/rgb/c.0.0.0.0").read_bytes()
+    before = (project / "data/frames/a.zarr.zip").read_bytes()
     # Newly corrupt input: the store made from the good file is kept, and DVC records nothing new.
     (project / "videos" / "a.mp4").write_bytes(b"\x00" * 4096)
     result = dvc(project, "repro", check=False)
     assert result.returncode != 0 and "videos/a.mp4: not a readable video" in result.stdout
-    assert (project / "data/frames/a.zarr/rgb/c.0.0.0.0").read_bytes() == before
+    assert (project / "data/frames/a.zarr.zip").read_bytes() == before
     # Bad params: refused before any store is touched.
     params["prepare"]["long_edge"] = -3
     write_params(project, params)
     result = dvc(project, "repro", "-s", "prepare", check=False)
     assert result.returncode != 0 and re.search(r"prepare: .*got -3", result.stdout + result.stderr)
-    assert open_store(project / "data/prepared/a.zarr", "prepared")["rgb"].shape[0] == 6
+    assert open_store(project / "data/prepared/a.zarr.zip", "prepared")["rgb"].shape[0] == 6
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ from bench import bench_dvc
 def test_eight_videos_then_one_more(tmp_path):
     row = bench_dvc.measure(tmp_path, 8)
     assert row["videos"] == 8 and row["lock_bytes"] > 0
-    # Per video: the synth folder (video, intrinsics, ground truth) and four stores, a few files per array.
-    assert 20 * 8 < row["data_files"] < 120 * 8
+    # Per video, 7 files: the synth folder's video, intrinsics and packed ground truth, four packed stores;
+    # then a few shared files (manifest, indexes, split).
+    assert 7 * 8 <= row["data_files"] <= 7 * 8 + 12, row["data_files"]
 
 
 @pytest.mark.slow

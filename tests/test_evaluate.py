@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
-from training_fixtures import tiny_model_config
+from training_fixtures import editing_packed, tiny_model_config
 
 from videomamba_depth.camera import ResizePad, relative_pose
 from videomamba_depth.evaluation import METHODS, REGION_METRICS, EvaluateConfig, evaluate, load_eval_video
@@ -36,7 +35,7 @@ def _array(group, name, data, dims, units="1"):
 def write_eval_video(
     data: Path, name: str, *, seed: int, gt: bool = True, moving: bool = True, flicker: float = 0.06
 ) -> None:
-    """Stores ``data/{prepared,teacher,flow}/<name>.zarr`` of a tiny rendered room, zero-padded to a
+    """Stores ``data/{prepared,teacher,flow}/<name>.zarr.zip`` of a tiny rendered room, zero-padded to a
     multiple of 14 (so padding must be excluded): the teacher is the truth times a per-frame scale
     ``exp(N(0, flicker))``; flow, masks and poses come from the renderer. ``moving=False``: the ground
     truth's motion mask is empty (a video without moving objects)."""
@@ -56,7 +55,7 @@ def write_eval_video(
     scale = np.exp(np.random.default_rng(seed).normal(0.0, flicker, FRAMES)).astype(np.float32)
     valid = geometry.valid_mask()
     attrs = {"geometry": geometry.to_attrs()}
-    with writing_store(data / "prepared" / f"{name}.zarr", "prepared", attrs) as g:
+    with writing_store(data / "prepared" / f"{name}.zarr.zip", "prepared", attrs) as g:
         _array(g, "rgb", rgb, ("t", "y", "x", "c"))
         create_static_array(g, "valid", valid, dims=("y", "x"), units="bool", description="")
         if gt:
@@ -65,11 +64,11 @@ def write_eval_video(
             _array(sub, "pose_c2w", poses, ("t", "i", "j"), "m")
             _array(sub, "K", K, ("t", "i", "j"), "pixels")
             _array(sub, "motion_mask", motion, ("t", "y", "x"), "bool")
-    with writing_store(data / "teacher" / f"{name}.zarr", "teacher", {}) as g:
+    with writing_store(data / "teacher" / f"{name}.zarr.zip", "teacher", {}) as g:
         _array(g, "depth", (depth * scale[:, None, None]).astype(np.float16), ("t", "y", "x"), "m")
         _array(g, "valid", np.broadcast_to(valid, depth.shape).copy(), ("t", "y", "x"))
         _array(g, "K_used", K, ("t", "i", "j"), "pixels")
-    with writing_store(data / "flow" / f"{name}.zarr", "flow", {}) as g:
+    with writing_store(data / "flow" / f"{name}.zarr.zip", "flow", {}) as g:
         _array(g, "flow_fwd", flow.astype(np.float16), ("t", "y", "x", "c"), "pixels")
         _array(g, "consistent", consistent, ("t", "y", "x"))
         _array(g, "static", static, ("t", "y", "x"))
@@ -107,7 +106,7 @@ def evaluated(tmp_path_factory):
 
 
 def _load(root: Path, name: str):
-    stores = (root / "data" / kind / f"{name}.zarr" for kind in ("prepared", "teacher", "flow"))
+    stores = (root / "data" / kind / f"{name}.zarr.zip" for kind in ("prepared", "teacher", "flow"))
     return load_eval_video(name, *stores)
 
 
@@ -301,10 +300,11 @@ def test_missing_store_names_it_and_writes_nothing(tmp_path):
 
 def test_ground_truth_without_motion_mask_names_the_store(tmp_path):
     write_eval_video(tmp_path, "v", seed=5)
-    prepared = tmp_path / "prepared" / "v.zarr"
-    del zarr.open_group(prepared / "gt", mode="r+")["motion_mask"]
-    with pytest.raises(StoreError, match=r"v\.zarr/gt: missing array\(s\) \['motion_mask'\]"):
-        load_eval_video("v", prepared, tmp_path / "teacher" / "v.zarr", tmp_path / "flow" / "v.zarr")
+    prepared = tmp_path / "prepared" / "v.zarr.zip"
+    with editing_packed(prepared) as group:
+        del group["gt"]["motion_mask"]
+    with pytest.raises(StoreError, match=r"v\.zarr\.zip/gt: missing array\(s\) \['motion_mask'\]"):
+        load_eval_video("v", prepared, tmp_path / "teacher" / "v.zarr.zip", tmp_path / "flow" / "v.zarr.zip")
 
 
 # --------------------------------------------------------------------------------------- the predictor

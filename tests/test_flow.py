@@ -467,14 +467,14 @@ def test_stage_main_writes_the_store(tmp_path: Path, scene: dict, monkeypatch: p
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     (tmp_path / "data" / "teacher").mkdir(parents=True)
     T = 3
-    write_prepared(tmp_path / "data/prepared/clip.zarr", scene["rgb"][:T], None)
+    write_prepared(tmp_path / "data/prepared/clip.zarr.zip", scene["rgb"][:T], None)
     K_used = np.broadcast_to(padded_K(), (T, 3, 3))
-    write_teacher(tmp_path / "data/teacher/clip.zarr", scene["depth"][:T], K_used)
+    write_teacher(tmp_path / "data/teacher/clip.zarr.zip", scene["depth"][:T], K_used)
     write_params(tmp_path, {"videos": {"clip": {"video": "clip.mp4"}},
                             "flow": {"backend": "dis", "dis_preset": "fast"}})
     monkeypatch.chdir(tmp_path)
     stage.main(["clip"])
-    g = open_store(tmp_path / "data/flow/clip.zarr", kind="flow")
+    g = open_store(tmp_path / "data/flow/clip.zarr.zip", kind="flow")
     assert g.attrs["num_pairs"] == T - 1 and g.attrs["backend"]["preset"] == "fast"
     with pytest.raises(ConfigError, match="no video named 'other'"):
         stage.main(["other"])
@@ -524,9 +524,9 @@ def test_raft_flow_stage_end_to_end_has_the_dis_store_layout(
     from stages import flow as stage
 
     T = 4
-    write_prepared(tmp_path / "data/prepared/clip.zarr", scene["rgb"][:T], None)
+    write_prepared(tmp_path / "data/prepared/clip.zarr.zip", scene["rgb"][:T], None)
     K_used = np.broadcast_to(padded_K(), (T, 3, 3))
-    write_teacher(tmp_path / "data/teacher/clip.zarr", scene["depth"][:T], K_used)
+    write_teacher(tmp_path / "data/teacher/clip.zarr.zip", scene["depth"][:T], K_used)
     monkeypatch.chdir(tmp_path)
     layouts, stores_ = {}, {}
     for backend in ("dis", "raft"):
@@ -534,8 +534,8 @@ def test_raft_flow_stage_end_to_end_has_the_dis_store_layout(
                   "flow": {"backend": backend, "raft_ckpt": None, "raft_iters": 2, "raft_batch_pairs": 2}}
         write_params(tmp_path, params)
         stage.main(["clip"])
-        (tmp_path / "data/flow/clip.zarr").rename(tmp_path / f"{backend}.zarr")
-        g = open_store(tmp_path / f"{backend}.zarr", kind="flow")
+        (tmp_path / "data/flow/clip.zarr.zip").rename(tmp_path / f"{backend}.zarr.zip")
+        g = open_store(tmp_path / f"{backend}.zarr.zip", kind="flow")
         stores_[backend] = g
         layouts[backend] = {name: (a.shape, a.dtype, a.chunks) for name, a in g.arrays()}
     assert layouts["raft"] == layouts["dis"]

@@ -11,7 +11,7 @@ from video_inputs import T, smooth_frames, tiny_K, write_frames_store, write_gt_
 
 from videomamba_depth import cli, inspect, viz
 from videomamba_depth.prepare import PrepareConfig, prepare_video
-from videomamba_depth.zarrio import TimeWriter, create_time_array, open_store, writing_store
+from videomamba_depth.zarrio import TimeWriter, create_time_array, open_store, pack_store, writing_store
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,10 @@ def test_description_numbers(prepared):
     valid = arrays["/valid"]["stats"]
     assert valid["true"] == group["valid"][:].sum() and valid["true"] + valid["false"] == 56 * 70
     json.dumps(d)  # JSON-serialisable, as --json prints it
+    # Packed, the same store reads the same, with the same files and bytes (now ZIP members).
+    packed = prepared.with_name("p.zarr.zip")
+    pack_store(prepared, packed)
+    assert {**inspect.describe_store(packed), "path": str(prepared)} == d
 
 
 def test_float_stats_count_nan_and_inf_streamed_in_blocks(tmp_path, monkeypatch):

@@ -94,7 +94,7 @@ def test_malformed_manifest(params, message):
 
 
 def test_store_path():
-    assert str(store_path("frames", "kitchen")) == "data/frames/kitchen.zarr"
+    assert str(store_path("frames", "kitchen")) == "data/frames/kitchen.zarr.zip"
 
 
 def test_project_params_parse():

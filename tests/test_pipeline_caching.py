@@ -24,7 +24,7 @@ def test_caching_granularity(project):
     params = project_params()
     write_params(project, params)
     assert computed(dvc(project, "repro")) == {"decode:a", "decode:b", "prepare:a", "prepare:b"}
-    assert open_store(project / "data/prepared/b.zarr", "prepared")["K"].shape == (5, 3, 3)
+    assert open_store(project / "data/prepared/b.zarr.zip", "prepared")["K"].shape == (5, 3, 3)
 
     # Nothing changed: nothing runs.
     again = dvc(project, "repro")
@@ -41,16 +41,16 @@ def test_caching_granularity(project):
     write_params(project, params)
     result = dvc(project, "repro")
     assert ran(result) == {"prepare"} and computed(result) == {"prepare:a", "prepare:b"}
-    assert open_store(project / "data/prepared/a.zarr")["rgb"].shape == (6, 42, 42, 3)
+    assert open_store(project / "data/prepared/a.zarr.zip")["rgb"].shape == (6, 42, 42, 3)
 
     # A new video computes only its own outputs; its name may hold dots.
     write_video(project / "videos" / "c.mp4", smooth_frames(4, seed=3))
     params["videos"]["clip.v2"] = entry("videos/c.mp4")
     write_params(project, params)
-    inode = (project / "data/frames/a.zarr/zarr.json").stat().st_ino
+    inode = (project / "data/frames/a.zarr.zip").stat().st_ino
     assert computed(dvc(project, "repro")) == {"decode:clip.v2", "prepare:clip.v2"}
-    assert (project / "data/frames/a.zarr/zarr.json").stat().st_ino == inode  # not rewritten
-    assert open_store(project / "data/prepared/clip.v2.zarr")["rgb"].shape[0] == 4
+    assert (project / "data/frames/a.zarr.zip").stat().st_ino == inode  # not rewritten
+    assert open_store(project / "data/prepared/clip.v2.zarr.zip")["rgb"].shape[0] == 4
 
     # A broken video fails alone, with the file named, and leaves no store; the others are done and kept,
     # and the next repro does only what is left.
@@ -61,7 +61,9 @@ def test_caching_granularity(project):
     assert result.returncode != 0 and computed(result) == set()
     assert "decode: d: " in result.stdout and "videos/d.mp4: not a readable video" in result.stdout
     assert re.search(r"d: videos/d.mp4: not a readable video .*\(1 of 4 videos failed", result.stderr)
-    assert sorted(p.name for p in (project / "data/frames").iterdir()) == ["a.zarr", "b.zarr", "clip.v2.zarr"]
+    assert sorted(p.name for p in (project / "data/frames").iterdir()) == [
+        "a.zarr.zip", "b.zarr.zip", "clip.v2.zarr.zip"
+    ]
     write_video(project / "videos" / "d.mp4", smooth_frames(3, seed=4))
     assert computed(dvc(project, "repro")) == {"decode:d", "prepare:d"}
 
@@ -70,6 +72,6 @@ def test_caching_granularity(project):
     write_params(project, params)
     dvc(project, "repro")
     assert sorted(p.name for p in (project / "data/prepared").iterdir()) == [
-        "a.zarr", "b.zarr", "clip.v2.zarr"
+        "a.zarr.zip", "b.zarr.zip", "clip.v2.zarr.zip"
     ]
     assert ran(dvc(project, "repro")) == set()

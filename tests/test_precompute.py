@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +49,7 @@ def _project(root: Path, workers: int, broken: str | None = None) -> Path:
     for i, name in enumerate(VIDEOS):
         rgb, depth, K = scene(T=6 + 2 * i)
         gt = None if name == broken else depth  # the synthetic teacher needs ground truth: a per-video error
-        write_prepared(root / "data" / "prepared" / f"{name}.zarr", rgb, K=K, gt_depth=gt, gt_K=K)
+        write_prepared(root / "data" / "prepared" / f"{name}.zarr.zip", rgb, K=K, gt_depth=gt, gt_K=K)
     params = {
         "videos": {n: {"video": f"{n}.mp4", "intrinsics": None, "ground_truth": None} for n in VIDEOS},
         "precompute": {"workers": workers},
@@ -85,7 +84,7 @@ def test_two_workers_write_the_same_bytes_as_one(tmp_path: Path):
             assert launched == (workers == 2)
         stores[workers] = {kind: _files(root / "data" / kind) for kind in ("teacher", "flow", "index")}
     for kind in ("teacher", "flow", "index"):
-        assert any(k.endswith(".json") for k in stores[1][kind])
+        assert any(k.endswith(".json" if kind == "index" else ".zarr.zip") for k in stores[1][kind]), kind
         assert stores[2][kind].keys() == stores[1][kind].keys()
         assert all(stores[2][kind][k] == stores[1][kind][k] for k in stores[1][kind]), kind
 
@@ -96,14 +95,14 @@ def test_a_failing_video_keeps_the_others_and_a_rerun_resumes(tmp_path: Path):
     assert failed.returncode != 0
     summary = r"b: .*\(1 of 3 videos failed; the others are done and kept\)"
     assert re.search(summary, failed.stderr), failed.stderr
-    kept = {name: (root / "data/teacher" / f"{name}.zarr").exists() for name in VIDEOS}
+    kept = {name: (root / "data/teacher" / f"{name}.zarr.zip").exists() for name in VIDEOS}
     assert kept == {"a": True, "b": False, "c": True}
     assert not (root / "data/index/teacher.json").exists()  # written only once every video is done
     done = _files(root / "data/teacher")
     # The fixed video is the only work of the next run; what was done is left byte for byte.
     rgb, depth, K = scene(T=8)
-    shutil.rmtree(root / "data/prepared/b.zarr")
-    write_prepared(root / "data/prepared/b.zarr", rgb, K=K, gt_depth=depth, gt_K=K)
+    (root / "data/prepared/b.zarr.zip").unlink()
+    write_prepared(root / "data/prepared/b.zarr.zip", rgb, K=K, gt_depth=depth, gt_K=K)
     rerun = _stage(root, "teacher")
     assert rerun.returncode == 0, rerun.stderr
     out = rerun.stdout

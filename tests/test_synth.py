@@ -14,6 +14,7 @@ from videomamba_depth.camera import backproject, load_intrinsics, project, relat
 from videomamba_depth.config import ConfigError
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene, write_synth_video
 from videomamba_depth.synth import export as synth_export
+from videomamba_depth.synth.export import GT_STORE
 from videomamba_depth.synth.geometry import Body, RigidPath, distance_to_body
 from videomamba_depth.synth.scene import _overlap
 from videomamba_depth.synth.sensor import Sensor, motion_blur
@@ -161,9 +162,9 @@ def test_camera_stays_inside_the_room_and_clear_of_bodies(events):
 
 
 def test_store_schema_and_intrinsics(video_dir):
-    assert sorted(os.listdir(video_dir)) == ["gt.zarr", "intrinsics.json", "video.mp4"]
-    g = open_store(video_dir / "gt.zarr", "ground_truth")
-    require_arrays(g, video_dir / "gt.zarr", GT_ARRAYS)
+    assert sorted(os.listdir(video_dir)) == ["gt.zarr.zip", "intrinsics.json", "video.mp4"]
+    g = open_store(video_dir / GT_STORE, "ground_truth")
+    require_arrays(g, video_dir / GT_STORE, GT_ARRAYS)
     assert g["depth"].shape == (T, H, W) and g["depth"].dtype == np.float32
     assert g["pose_c2w"].shape == (T, 4, 4) and g["K"].shape == (T, 3, 3)
     assert g["flow_fwd"].shape == (T - 1, H, W, 2) and g["flow_fwd_valid"].shape == (T - 1, H, W)
@@ -269,7 +270,7 @@ def test_scene_sensor_is_drawn_from_the_ranges_and_recorded(video_dir):
     plain = sample_scene(TINY, 3)
     assert [b.path.centre.tolist() for b in sample_scene(dataclasses.replace(TINY, **ranges), 3).bodies] == [
         b.path.centre.tolist() for b in plain.bodies]
-    attrs = open_store(video_dir / "gt.zarr", "ground_truth").attrs
+    attrs = open_store(video_dir / GT_STORE, "ground_truth").attrs
     assert attrs["scene"]["sensor"] == plain.sensor.to_attrs()
     assert attrs["video"]["crf"] == plain.sensor.crf
     with pytest.raises(ValueError, match="shutter"):

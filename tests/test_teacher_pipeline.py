@@ -39,7 +39,7 @@ def _project(root: Path) -> dict[str, str]:
     (root / ".dvcignore").write_text((REPO / ".dvcignore").read_text())
     rgb, depth, K = scene(T=NUM_FRAMES, h=96, w=128)
     for v in VIDEOS:
-        write_prepared(root / "data" / "prepared" / f"{v}.zarr", rgb, K=K, gt_depth=depth, gt_K=K)
+        write_prepared(root / "data" / "prepared" / f"{v}.zarr.zip", rgb, K=K, gt_depth=depth, gt_K=K)
     write_index(root / "data" / "prepared", {v: f"fixture-{v}" for v in VIDEOS})  # as prepare would
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
@@ -48,8 +48,8 @@ def _project(root: Path) -> dict[str, str]:
 
 
 def _finished(stores: Path) -> set[str]:
-    """Videos whose store is complete: in place and carrying its fingerprint (written last)."""
-    return {v for v in VIDEOS if stored_fingerprint(stores / f"{v}.zarr")}
+    """Videos whose store is complete: in place and carrying its fingerprint (written with it)."""
+    return {v for v in VIDEOS if stored_fingerprint(stores / f"{v}.zarr.zip")}
 
 
 def _wait_gone(pgid: int, timeout: float = 30.0) -> None:
@@ -90,19 +90,19 @@ def test_kill_9_then_repro_resumes_without_redoing_or_corrupting(tmp_path):
     done = _finished(stores)
     assert done and len(done) < len(VIDEOS), f"kill did not land mid-run: finished {done}"
     assert list(stores.glob("*.partial-*")), "kill did not land during a write"
-    inodes = {v: (stores / f"{v}.zarr" / "zarr.json").stat().st_ino for v in done}
+    inodes = {v: (stores / f"{v}.zarr.zip").stat().st_ino for v in done}
 
     rerun = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     for v in done:
         assert f"teacher: {v}: up to date" in rerun.stdout
-        assert (stores / f"{v}.zarr" / "zarr.json").stat().st_ino == inodes[v]  # not rewritten
+        assert (stores / f"{v}.zarr.zip").stat().st_ino == inodes[v]  # not rewritten
     assert {f"teacher: {v}: computed" for v in set(VIDEOS) - done} <= set(rerun.stdout.splitlines())
     assert _finished(stores) == set(VIDEOS)
     for v in VIDEOS:
-        g = open_store(stores / f"{v}.zarr", "teacher")
+        g = open_store(stores / f"{v}.zarr.zip", "teacher")
         assert g["depth"].shape[0] == NUM_FRAMES and g["valid"][-1].any()
         assert g.attrs["intrinsics_source"] == "given" and g.attrs["invalid_pixels"] == 0
-    assert sorted(p.name for p in stores.iterdir()) == [f"{v}.zarr" for v in VIDEOS]  # no partial stores
+    assert sorted(p.name for p in stores.iterdir()) == [f"{v}.zarr.zip" for v in VIDEOS]  # no partial stores
     status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

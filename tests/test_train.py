@@ -7,10 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import zarr
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from training_fixtures import TINY_MODEL, killed_after_checkpoint, write_training_video
+from training_fixtures import TINY_MODEL, editing_packed, killed_after_checkpoint, write_training_video
 
 from videomamba_depth.config import ConfigError
 from videomamba_depth.models import build_student
@@ -84,15 +83,15 @@ def test_dataset_items_shapes_pairs_and_no_ground_truth(project):
 def test_a_process_opens_only_the_stores_of_the_clips_it_reads(project):
     """A DDP rank (or loader worker) reads its share of the clips: it opens those videos' stores only."""
     dataset = ClipDataset(find_videos(["a", "b"], val_frames=4))
-    (project / "data" / "teacher" / "a.zarr").rename(project / "elsewhere")  # never needed below
+    (project / "data" / "teacher" / "a.zarr.zip").rename(project / "elsewhere")  # never needed below
     assert dataset[Item(1, 0, 2)]["depth"].shape == (2, 28, 42)
     assert list(dataset._stores) == [1]
 
 
 def test_missing_or_mismatched_stores_are_named(project):
-    with pytest.raises(StoreError, match=r"data/flow/c\.zarr: no such store"):
+    with pytest.raises(StoreError, match=r"data/flow/c\.zarr\.zip: no such store"):
         write_training_video(project, "c")
-        (project / "data" / "flow" / "c.zarr").rename(project / "gone")
+        (project / "data" / "flow" / "c.zarr.zip").rename(project / "gone")
         find_videos(["c"], 0)
 
 def test_short_videos_are_trained_whole_and_reported(project):
@@ -427,10 +426,11 @@ def test_flip_augmentation_mirrors_frames_and_intrinsics(project):
     assert "flow_fwd" not in plain  # read only for the warp term
     with_flow = ClipDataset(find_videos(["a"], 4), with_flow=True)
     # A flow that varies along x and y (the fixture's is constant), so a mirrored wrong axis shows.
-    flow_store = zarr.open_group(str(project / "data" / "flow" / "a.zarr"), mode="r+")["flow_fwd"]
-    ramp = np.stack(np.meshgrid(np.arange(flow_store.shape[2]), np.arange(flow_store.shape[1])), axis=-1)
-    flow_store[:] = (ramp[None] * np.array([0.5, -0.25]) + np.arange(flow_store.shape[0])[:, None, None, None]
-                     ).astype(np.float16)
+    with editing_packed(project / "data" / "flow" / "a.zarr.zip") as group:
+        flow_store = group["flow_fwd"]
+        ramp = np.stack(np.meshgrid(np.arange(flow_store.shape[2]), np.arange(flow_store.shape[1])), axis=-1)
+        flow_store[:] = (ramp[None] * np.array([0.5, -0.25])
+                         + np.arange(flow_store.shape[0])[:, None, None, None]).astype(np.float16)
     flow, flow_flipped = with_flow[Item(0, 2, 3)]["flow_fwd"], with_flow[Item(0, 2, 3, flip=True)]["flow_fwd"]
     assert flow.shape == (2, *plain["depth"].shape[1:], 2) and flow.abs().max() > 0
     assert flow[0, 0, 3, 0] == 2 + 1.5 and flow[0, 3, 0, 1] == 2 - 0.75  # pair 2: its x and y ramps

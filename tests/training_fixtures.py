@@ -1,16 +1,19 @@
 """Tiny prepared / teacher / flow stores in the pipeline's schemas, and a tiny student config, for training
 and evaluation tests."""
 
+import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from videomamba_depth.camera import make_K
 from videomamba_depth.models import ModelConfig
 from videomamba_depth.training import checkpoint as checkpoint_module
-from videomamba_depth.zarrio import create_static_array, create_time_array, writing_store
+from videomamba_depth.zarrio import create_static_array, create_time_array, pack_store, writing_store
 
 TINY_MODEL = {
     "widths": [8, 8, 8, 8],
@@ -63,7 +66,7 @@ def write_training_video(
     seed: int = 0,
     broken_gt: bool = True,
 ) -> None:
-    """Stores ``root/data/{prepared,teacher,flow}/<name>.zarr``: a textured scene whose depth is a plane
+    """Stores ``root/data/{prepared,teacher,flow}/<name>.zarr.zip``: a textured scene whose depth is a plane
     that slowly approaches, a flickering teacher, and per-pair flow masks with a known pattern.
 
     With ``broken_gt`` the prepared store has a ``gt`` group whose metadata is not JSON: anything that
@@ -81,7 +84,9 @@ def write_training_video(
     static = np.stack([u >= (t % 3) for t in range(pairs)]) if pairs else np.zeros((0, height, width), bool)
     consistent = np.broadcast_to(u > 0, (pairs, height, width)).copy()
     data = root / "data"
-    with writing_store(data / "prepared" / f"{name}.zarr", "prepared", {"fps": 24.0}) as g:
+    # With a broken gt group, the prepared store is written as a folder, broken, then packed.
+    prepared = data / "prepared" / (f"{name}.zarr" if broken_gt else f"{name}.zarr.zip")
+    with writing_store(prepared, "prepared", {"fps": 24.0}) as g:
         _time_array(g, "rgb", rgb, ("t", "y", "x", "c"), "sRGB")
         _time_array(g, "K", K, ("t", "i", "j"), "pixels")
         create_static_array(
@@ -90,19 +95,31 @@ def write_training_video(
         if broken_gt:
             g.create_group("gt")
     if broken_gt:
-        (data / "prepared" / f"{name}.zarr" / "gt" / "zarr.json").write_text(
-            "not json: training must not open gt"
-        )
-    with writing_store(data / "teacher" / f"{name}.zarr", "teacher", {}) as g:
+        (prepared / "gt" / "zarr.json").write_text("not json: training must not open gt")
+        pack_store(prepared, prepared.with_name(f"{name}.zarr.zip"))
+        shutil.rmtree(prepared)
+    with writing_store(data / "teacher" / f"{name}.zarr.zip", "teacher", {}) as g:
         _time_array(g, "depth", (depth * flicker[:, None, None]).astype(np.float16), ("t", "y", "x"), "m")
         _time_array(g, "confidence", np.ones_like(depth, np.float16), ("t", "y", "x"), "1")
         _time_array(g, "valid", np.ones(depth.shape, bool), ("t", "y", "x"), "bool")
         _time_array(g, "K_used", K, ("t", "i", "j"), "pixels")
         _time_array(g, "K_pred", K, ("t", "i", "j"), "pixels")
-    with writing_store(data / "flow" / f"{name}.zarr", "flow", {"num_pairs": pairs}) as g:
+    with writing_store(data / "flow" / f"{name}.zarr.zip", "flow", {"num_pairs": pairs}) as g:
         # The texture rolls one pixel to the right per frame: that is the forward flow.
         flow = np.broadcast_to(np.array([1.0, 0.0], np.float16), (pairs, height, width, 2)).copy()
         _time_array(g, "flow_fwd", flow, ("t", "y", "x", "c"), "pixels")
         _time_array(g, "consistent", consistent, ("t", "y", "x"), "bool")
         _time_array(g, "static", static & consistent, ("t", "y", "x"), "bool")
         _time_array(g, "rel_pose", np.broadcast_to(np.eye(4), (pairs, 4, 4)).copy(), ("t", "i", "j"), "m")
+
+
+@contextmanager
+def editing_packed(store: Path) -> Iterator[zarr.Group]:
+    """The packed store ``store`` opened for writing (unpacked next to it), packed back after the block: tests
+    change stores in place, which the pipeline never does."""
+    folder = store.with_name(store.name.removesuffix(".zip"))
+    with zipfile.ZipFile(store) as zf:
+        zf.extractall(folder)
+    yield zarr.open_group(folder, mode="r+", zarr_format=3)
+    pack_store(folder, store)
+    shutil.rmtree(folder)

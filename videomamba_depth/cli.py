@@ -24,7 +24,7 @@ class Command:
 
 
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a Zarr v3 store of the pipeline, e.g. data/prepared/scene_06.zarr")
+    parser.add_argument("path", help="a Zarr v3 store of the pipeline, e.g. data/prepared/scene_06.zarr.zip")
     parser.add_argument("--png", metavar="OUT", help="also draw a frame (or with --xt an x-t slice) into OUT")
     parser.add_argument("--array", help="array to draw, e.g. depth or gt/depth (default: rgb, else depth)")
     parser.add_argument("--frame", type=int, default=0, help="frame to draw (default 0; negative: from end)")

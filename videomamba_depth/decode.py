@@ -1,4 +1,4 @@
-"""The ``decode`` stage: each manifest entry (video file or folder of frames) -> ``data/frames/<name>.zarr``.
+"""The ``decode`` stage: each manifest entry (video file or frame folder) -> ``data/frames/<name>.zarr.zip``.
 
 Frames are streamed from the decoder into the store one shard at a time, so memory stays bounded whatever
 the length or resolution of the video. Intrinsics are validated before any frame is decoded and stored as

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import zarr
 
 from videomamba_depth import viz
 from videomamba_depth.errors import InputError
-from videomamba_depth.zarrio import open_store, verify_store
+from videomamba_depth.zarrio import open_store, stored_files, verify_store
 
 # Statistics read at most this many uncompressed bytes at a time.
 STATS_BLOCK_BYTES = 64 * 2**20
@@ -40,39 +39,36 @@ def describe_store(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     path = Path(path)
     root = open_store(path, verify=False)
     problems = verify_store(path, root)
+    files = stored_files(root)
     damaged = {p.array for p in problems}
     groups, arrays = [], []
-    _walk(root, path, "", groups, arrays, stats, damaged)
+    _walk(root, "", groups, arrays, stats, damaged)
     return {
         "path": str(path),
         "kind": root.attrs.get("kind"),
         "problems": [str(p) for p in problems],
-        "files": sum(len(files) for _, _, files in os.walk(path)),
-        "stored_bytes": _dir_bytes(path),
+        "files": len(files),
+        "stored_bytes": sum(files.values()),
         "attrs": dict(root.attrs),
         "groups": groups,
         "arrays": arrays,
     }
 
 
-def _walk(
-    group: zarr.Group, root: Path, prefix: str, groups: list, arrays: list, stats: bool, damaged: set[str]
-) -> None:
+def _walk(group: zarr.Group, prefix: str, groups: list, arrays: list, stats: bool, damaged: set[str]) -> None:
     for name, node in sorted(group.members(), key=lambda m: m[0]):
         member = f"{prefix}/{name}"
         if isinstance(node, zarr.Group):
             groups.append({"path": member, "attrs": dict(node.attrs)})
-            _walk(node, root, member, groups, arrays, stats, damaged)
+            _walk(node, member, groups, arrays, stats, damaged)
         else:
-            arrays.append(
-                describe_array(node, member, root / member.lstrip("/"), stats=stats and member not in damaged)
-            )
+            arrays.append(describe_array(node, member, stats=stats and member not in damaged))
 
 
-def describe_array(array: zarr.Array, name: str, directory: Path, *, stats: bool = True) -> dict[str, Any]:
-    """Shape, dtype, layout, codecs, bytes and (optionally) statistics of an array stored in ``directory``."""
+def describe_array(array: zarr.Array, name: str, *, stats: bool = True) -> dict[str, Any]:
+    """Shape, dtype, layout, codecs, bytes and (optionally) statistics of an array."""
     raw = math.prod(array.shape) * array.dtype.itemsize
-    stored = _dir_bytes(directory)
+    stored = sum(stored_files(array).values())
     codecs = array.metadata.to_dict()["codecs"]
     return {
         "path": name,
@@ -137,10 +133,6 @@ def array_stats(array: zarr.Array) -> dict[str, Any] | None:
     if is_float:
         stats.update({"finite": count, "nan": nan, "inf": inf})
     return stats
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def format_report(description: dict[str, Any]) -> str:

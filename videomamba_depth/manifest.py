@@ -1,6 +1,6 @@
 """The video manifest: ``data/manifest.yaml``, one entry per video.
 
-Each entry names one video; the name is used for every output (``data/<stage>/<name>.zarr``)::
+Each entry names one video; the name is used for every output (``data/<stage>/<name>.zarr.zip``)::
 
     videos:
       kitchen:
@@ -29,12 +29,13 @@ from typing import Any
 import yaml
 
 from videomamba_depth.config import ConfigError, StageConfig
-from videomamba_depth.zarrio import atomic_file
+from videomamba_depth.zarrio import PACKED_SUFFIX, atomic_file
 
 DATA_DIR = Path("data")
 MANIFEST_FILE = DATA_DIR / "manifest.yaml"
 MANIFEST_KEY = "videos"
-# Names become file names (data/<kind>/<name>.zarr): no separators, spaces, shell characters or leading dots.
+# Names become file names (data/<kind>/<name>.zarr.zip): no separators, spaces, shell characters or a
+# leading dot.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # libyaml's parser: a manifest of 10,000 entries parses in well under a second (the pure-Python one takes
 # about ten times longer). The same YAML either way.
@@ -116,5 +117,6 @@ def check_name(name: str, what: str) -> None:
 
 
 def store_path(kind: str, name: str) -> Path:
-    """``data/<kind>/<name>.zarr``: the store of ``kind`` (frames, prepared, ...) for video ``name``."""
-    return DATA_DIR / kind / f"{name}.zarr"
+    """``data/<kind>/<name>.zarr.zip``: the (packed) store of ``kind`` (frames, prepared, ...) for video
+    ``name``."""
+    return DATA_DIR / kind / f"{name}{PACKED_SUFFIX}"

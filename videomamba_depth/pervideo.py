@@ -35,13 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from videomamba_depth.codehash import code_fingerprint
 from videomamba_depth.config import StageConfig
 from videomamba_depth.errors import InputError
 from videomamba_depth.provenance import file_sha256, package_versions
-from videomamba_depth.zarrio import PARTIAL_MARK, REPLACED_MARK, atomic_file, node_metadata
+from videomamba_depth.zarrio import (
+    PARTIAL_MARK,
+    REPLACED_MARK,
+    atomic_file,
+    is_packed,
+    node_metadata,
+    recording_attributes,
+)
 
 FINGERPRINT_ATTR = "fingerprint"
 
@@ -238,14 +244,16 @@ def run_pending(
     results: dict[str, Exception | None] = {}
     for task in tasks:
         try:
-            task.run()
+            # The fingerprint goes into the store as it is written, so it is there exactly when the store
+            # is complete: a store killed mid-write never appeared, and is computed by the next run.
+            with recording_attributes({FINGERPRINT_ATTR: wanted[task.name]}):
+                task.run()
         except (InputError, OSError) as exc:
             results[task.name] = exc
             say(f"{stage}: {task.name}: {exc}")
             continue
-        # Recorded last: a store killed before this line is simply recomputed by the next run.
-        marker = zarr.open_group(task.marker_path, mode="r+", zarr_format=3)
-        marker.attrs[FINGERPRINT_ATTR] = wanted[task.name]
+        if stored_fingerprint(task.marker_path) != wanted[task.name]:
+            raise RuntimeError(f"{stage}: {task.name}: {task.marker_path} lacks its fingerprint (a bug)")
         results[task.name] = None
         say(f"{stage}: {task.name}: computed")
     return results
@@ -359,12 +367,14 @@ def remove_foreign_outputs(root: Path, keep: set[Path]) -> list[Path]:
 
 
 def _is_our_output(entry: Path) -> bool:
-    if not entry.is_dir():
-        return False
-    if (entry / "zarr.json").is_file():
+    if _is_store(entry):
         return _has_kind(entry)
-    children = list(entry.iterdir())
-    return any(c.is_dir() and _has_kind(c) for c in children)
+    return entry.is_dir() and any(_is_store(c) and _has_kind(c) for c in entry.iterdir())
+
+
+def _is_store(entry: Path) -> bool:
+    """A packed store file, or a folder with a group's ``zarr.json``."""
+    return entry.is_file() if is_packed(entry) else (entry / "zarr.json").is_file()
 
 
 def _has_kind(path: Path) -> bool:

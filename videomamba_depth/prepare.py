@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: ``data/frames/<name>.zarr`` -> ``data/prepared/<name>.zarr`` at model resolution.
+"""The ``prepare`` stage: ``data/frames/<name>.zarr.zip`` -> ``data/prepared/<name>.zarr.zip`` (model size).
 
 Frames are resized so the long edge is ``long_edge`` and zero-padded to a multiple of ``pad_multiple``
 (:class:`~videomamba_depth.camera.ResizePad`); intrinsics are updated exactly to match, and the geometry is
@@ -107,7 +107,7 @@ def resample_nearest(values: np.ndarray, geometry: ResizePad) -> np.ndarray:
 
 
 def prepare_tasks(manifest: Mapping[str, VideoEntry], config: PrepareConfig) -> list[VideoTask]:
-    """One task per manifest entry: ``data/frames/<name>.zarr`` (+ ground truth) -> ``data/prepared/``."""
+    """One task per manifest entry: ``data/frames/<name>.zarr.zip`` (+ ground truth) -> ``data/prepared/``."""
     tasks = []
     for name, entry in manifest.items():
         frames, out = store_path("frames", name), store_path(KIND, name)

@@ -1,6 +1,13 @@
 """Zarr v3 store conventions shared by every stage.
 
-A *store* is one Zarr v3 group per video and stage (``data/<stage>/<video>.zarr``). Conventions:
+A *store* is one Zarr v3 group per video and stage (``data/<stage>/<video>.zarr.zip``). Conventions:
+
+- The pipeline's stores are *packed*: the whole store in one uncompressed ZIP file, ``NAME.zarr.zip`` (the
+  Zarr v3 convention; ``zarr.storage.ZipStore`` reads it too). DVC walks every file and folder of its outputs
+  on each ``dvc status``, and a store as a folder is some 30 of them (Zarr v3 makes every array a folder);
+  packed it is one file, which is what keeps DVC's cost small at thousands of videos. Any other name
+  (``OUT.zarr``, e.g. what ``infer`` writes) is a plain folder store; readers take both
+  (:func:`open_store`).
 
 - Arrays indexed by frame have time as axis 0, are chunked along time only (whole frames per chunk) and
   sharded, so a store is a handful of files (DVC hashes every file; thousands of chunk files make it crawl).
@@ -10,7 +17,8 @@ A *store* is one Zarr v3 group per video and stage (``data/<stage>/<video>.zarr`
   backend, package versions) in its attributes. Nothing time- or host-dependent is written, so the same
   inputs and params give byte-identical stores.
 - Stores are written under a temporary sibling name and renamed into place only when complete
-  (:func:`writing_store`), so an interrupted stage never leaves a store that looks finished.
+  (:func:`writing_store`; a packed store is written as a folder, then packed), so an interrupted stage never
+  leaves a store that looks finished.
 - Every chunk is stored, even one equal to the fill value, so a missing shard file or chunk always means a
   damaged store: :func:`open_store` verifies that every expected shard and chunk is present and that each
   shard's index checksum matches (:func:`verify_store`) before anything is read, so a deleted or truncated
@@ -27,8 +35,11 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +47,10 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import LocalStore, ZipStore
 
 from videomamba_depth.errors import InputError
 
@@ -67,6 +81,13 @@ MAX_SHARD_FRAMES = 1024
 # Per-frame metadata (intrinsics, poses) is tiny: one chunk per shard.
 SMALL_FRAME_BYTES = 1024
 
+# The name of a packed store (one ZIP file; see the module docstring).
+PACKED_SUFFIX = ".zarr.zip"
+# Members of a packed store all carry this timestamp (the earliest ZIP can hold): nothing time-dependent.
+_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+# ZIP local file header: 30 bytes, then the name and the extra field, whose lengths are at bytes 26 and 28.
+_ZIP_HEADER_BYTES = 30
+
 PARTIAL_MARK = ".partial-"
 REPLACED_MARK = ".replaced-"
 # Compression level of the stores (see ``compressor``).
@@ -75,6 +96,160 @@ COMPRESSION_LEVEL = 3
 
 class StoreError(InputError):
     """A store that is missing, incomplete, or not of the expected kind."""
+
+
+def is_packed(path: str | Path) -> bool:
+    """Whether ``path`` names a packed store (``NAME.zarr.zip``)."""
+    return Path(path).name.endswith(PACKED_SUFFIX)
+
+
+def _split_packed(path: Path) -> tuple[Path | None, str]:
+    """``(packed store, key prefix inside it)`` of a path into a packed store, e.g.
+    ``data/prepared/v.zarr.zip/gt`` -> ``(data/prepared/v.zarr.zip, "gt")``; ``(None, "")`` otherwise."""
+    for i, part in enumerate(path.parts):
+        if part.endswith(PACKED_SUFFIX):
+            return Path(*path.parts[: i + 1]), "/".join(path.parts[i + 1 :])
+    return None, ""
+
+
+class PackedStore(ZipStore):
+    """A read-only packed store that holds no file open: every read opens the file, ``pread``s its bytes and
+    closes it (as ``LocalStore`` does per chunk).
+
+    ``zarr.storage.ZipStore`` keeps one file object and seeks it for every read: DataLoader workers forked
+    from a process that had opened the store would share that file position (and read each other's bytes),
+    and a training set of thousands of videos would hold thousands of files open. Members are located once,
+    from the ZIP's central directory. Members compressed by other tools (``zip -r`` deflates) are read
+    whole through ``zipfile``: correct, but slow for big chunks; the pipeline writes them uncompressed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, mode="r")
+
+    def _sync_open(self) -> None:
+        if self._is_open:
+            raise ValueError("store is already open")
+        self._lock = threading.RLock()
+        self._index(os.stat(self.path))
+        self._is_open = True
+
+    def _index(self, stat: os.stat_result) -> None:
+        """Locate the members of the file whose ``os.stat`` is ``stat``."""
+        # Closed at once: a closed ZipFile still answers namelist() and getinfo(), all that listing uses.
+        with zipfile.ZipFile(self.path) as zf:
+            self._zf = zf
+        self._identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        self._data_start: dict[str, int] = {}
+
+    def _current(self, fd: int) -> None:
+        """Re-read the member list if the file at ``path`` was replaced since (a stage re-ran): reads then
+        see the new store, as they would in a folder store, never bytes at the old offsets."""
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != self._identity:
+            self._index(stat)
+
+    def member_size(self, key: str) -> int | None:
+        """Bytes of member ``key``; None when the store has no such member."""
+        if not self._is_open:
+            self._sync_open()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self._current(fd)
+        finally:
+            os.close(fd)
+        try:
+            return self._zf.getinfo(key).file_size
+        except KeyError:
+            return None
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of member ``key`` from ``start`` (fewer at its end); KeyError when absent."""
+        return self._read(key, lambda size: (start, min(size, start + length)))
+
+    def _read(self, key: str, window: Callable[[int], tuple[int, int]]) -> bytes:
+        """Bytes ``[start, stop)`` of member ``key``, ``window(member size) -> (start, stop)``; one open."""
+        if not self._is_open:
+            self._sync_open()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self._current(fd)
+            info = self._zf.getinfo(key)
+            start, stop = window(info.file_size)
+            if info.compress_type != zipfile.ZIP_STORED:
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.read(key)[start:stop]
+            if key not in self._data_start:
+                header = os.pread(fd, _ZIP_HEADER_BYTES, info.header_offset)
+                if len(header) < _ZIP_HEADER_BYTES or header[:4] != b"PK\x03\x04":
+                    raise StoreError(f"{self.path}: member {key} is truncated or corrupt (no local header)")
+                name_len, extra_len = (int.from_bytes(header[i : i + 2], "little") for i in (26, 28))
+                self._data_start[key] = info.header_offset + _ZIP_HEADER_BYTES + name_len + extra_len
+            data = os.pread(fd, max(0, stop - start), self._data_start[key] + start)
+        finally:
+            os.close(fd)
+        if len(data) != max(0, stop - start):
+            raise StoreError(f"{self.path}: member {key} is truncated ({len(data)} of {stop - start} bytes)")
+        return data
+
+    def _get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        def window(size: int) -> tuple[int, int]:
+            if byte_range is None:
+                return 0, size
+            if isinstance(byte_range, RangeByteRequest):
+                return byte_range.start, byte_range.end
+            if isinstance(byte_range, OffsetByteRequest):
+                return byte_range.offset, size
+            if isinstance(byte_range, SuffixByteRequest):
+                return max(0, size - byte_range.suffix), size
+            raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+
+        try:
+            return prototype.buffer.from_bytes(self._read(key, window))
+        except KeyError:
+            return None
+
+    async def getsize(self, key: str) -> int:
+        size = self.member_size(key)
+        if size is None:
+            raise FileNotFoundError(key)
+        return size
+
+
+def pack_store(folder: Path, target: Path) -> None:
+    """Write the folder store ``folder`` into the ZIP file ``target`` (a packed store).
+
+    Members sorted by key, stored uncompressed (the chunks are compressed already, and uncompressed members
+    can be read in byte ranges: a shard's index, one chunk), with a fixed timestamp and mode: the same store
+    always packs to the same bytes.
+    """
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, file in files:
+            info = zipfile.ZipInfo(key, date_time=_ZIP_DATE_TIME)
+            info.external_attr = 0o644 << 16
+            size = file.stat().st_size
+            with file.open("rb") as src, zf.open(info, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as dst:
+                shutil.copyfileobj(src, dst, 2**20)
+
+
+# Attributes added to every store written in the block of :func:`recording_attributes`.
+_RECORDED: ContextVar[Mapping[str, Any] | None] = ContextVar("recorded_store_attributes", default=None)
+
+
+@contextmanager
+def recording_attributes(attrs: Mapping[str, Any]) -> Iterator[None]:
+    """Add ``attrs`` to the attributes of every store :func:`writing_store` writes inside this block.
+
+    How a per-video stage records each store's fingerprint: inside the store and written with it (a packed
+    store cannot be changed once written), so a store killed mid-write never carries one.
+    """
+    token = _RECORDED.set({**(_RECORDED.get() or {}), **attrs})
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
 
 
 def compressor(dtype: np.dtype | str, clevel: int = COMPRESSION_LEVEL) -> BloscCodec:
@@ -180,15 +355,28 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def writing_store(path: str | Path, kind: str, attrs: Mapping[str, Any]) -> Iterator[zarr.Group]:
-    """Create a Zarr v3 group under a temporary name, yield it, and rename it to ``path`` on success.
+    """Create a Zarr v3 group under a temporary name, yield it, and put it at ``path`` on success.
 
-    Atomic as :func:`atomic_directory`. ``attrs`` become the group attributes, next to ``kind`` and
-    ``format_version``.
+    Atomic as :func:`atomic_directory`. ``attrs`` become the group attributes, next to ``kind``,
+    ``format_version`` and those of an enclosing :func:`recording_attributes`. A packed ``path``
+    (``NAME.zarr.zip``) is written as a folder next to it, packed into a temporary file when the block
+    succeeds (:func:`pack_store`), and renamed into place (:func:`atomic_file`).
     """
-    with atomic_directory(path) as tmp:
-        yield zarr.open_group(
-            tmp, mode="w", zarr_format=3, attributes={"kind": kind, "format_version": FORMAT_VERSION, **attrs}
-        )
+    path = Path(path)
+    attributes = {"kind": kind, "format_version": FORMAT_VERSION, **(_RECORDED.get() or {}), **attrs}
+    if not is_packed(path):
+        with atomic_directory(path) as tmp:
+            yield zarr.open_group(tmp, mode="w", zarr_format=3, attributes=attributes)
+        return
+    with atomic_file(path) as packed:
+        # NAME.zarr.zip.partial-<pid>: removed here, or by the next writer if this one is killed.
+        folder = partial_path(path)
+        try:
+            folder.mkdir()
+            yield zarr.open_group(folder, mode="w", zarr_format=3, attributes=attributes)
+            pack_store(folder, packed)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def create_time_array(
@@ -339,15 +527,23 @@ def open_store(path: str | Path, kind: str | None = None, *, verify: bool = True
         partials = list(path.parent.glob(f"{path.name}{PARTIAL_MARK}*")) if path.parent.exists() else []
         hint = " (an interrupted write left a partial copy; re-run its stage)" if partials else ""
         raise StoreError(f"{path}: no such store{hint}")
-    try:
-        group = zarr.open_group(path, mode="r", zarr_format=3)
-    except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
-        raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
+    group = _open_group(path)
     if kind is not None and group.attrs.get("kind") != kind:
         raise StoreError(f"{path}: expected a '{kind}' store, found kind={group.attrs.get('kind')!r}")
     if verify:
         _raise_problems(path, verify_store(path, group, recursive=False))
     return group
+
+
+def _open_group(path: Path) -> zarr.Group:
+    """The group at ``path`` (a folder store, or a packed one), read-only; a :class:`StoreError` naming it."""
+    try:
+        store = PackedStore(path) if is_packed(path) else path
+        return zarr.open_group(store, mode="r", zarr_format=3)
+    except (FileNotFoundError, IsADirectoryError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
+        raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
+    except zipfile.BadZipFile as exc:
+        raise StoreError(f"{path}: not a readable ZIP file, truncated or corrupt ({exc})") from exc
 
 
 def _raise_problems(path: str | Path, problems: Sequence[StoreProblem]) -> None:
@@ -383,45 +579,104 @@ def verify_store(
     ``format_version``, which skipped chunks equal to the fill value, cannot be verified and are reported.
     """
     path = Path(path)
-    group = zarr.open_group(path, mode="r", zarr_format=3) if group is None else group
+    group = _open_group(path) if group is None else group
     problems = []
     version = _root_attrs(path).get("format_version")
     if version is not None and version != FORMAT_VERSION:
         problems.append(StoreProblem("", f"format_version {version}; this code reads {FORMAT_VERSION}"))
-    for array in _arrays(group) if recursive else _own_arrays(path, group):
-        # Array paths are relative to the group opened at ``path`` (zarr's store root).
-        problems += _verify_array(array, path / array.path)
+    for array in _arrays(group) if recursive else _own_arrays(group):
+        problems += _verify_array(array)
     return problems
 
 
 def node_metadata(node: str | Path) -> dict:
     """The metadata document of a Zarr v3 group or array (``node/zarr.json``), read without opening the node
     through zarr (about 50x cheaper: stages check every video's store on every run); empty when absent,
-    unreadable or not a JSON object."""
+    unreadable or not a JSON object. ``node`` may lie in a packed store (``v.zarr.zip/gt``)."""
+    node = Path(node)
+    packed, prefix = _split_packed(node)
     try:
-        meta = json.loads((Path(node) / "zarr.json").read_bytes())
-    except (OSError, ValueError):
+        if packed is None:
+            raw = (node / "zarr.json").read_bytes()
+        else:
+            with zipfile.ZipFile(packed) as zf:
+                raw = zf.read(f"{prefix}/zarr.json" if prefix else "zarr.json")
+        meta = json.loads(raw)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return {}
     return meta if isinstance(meta, dict) else {}
 
 
 def _root_attrs(path: Path) -> dict:
-    """Attributes of the store's root group (``path`` may be a subgroup, e.g. ``prepared/<v>.zarr/gt``)."""
-    root = path
-    while (root.parent / "zarr.json").is_file():
-        root = root.parent
+    """Attributes of the store's root group (``path`` may be a subgroup, e.g. ``<v>.zarr.zip/gt``)."""
+    root, _ = _split_packed(path)
+    if root is None:
+        root = path
+        while (root.parent / "zarr.json").is_file():
+            root = root.parent
     return node_metadata(root).get("attributes", {})
 
 
-def _own_arrays(path: Path, group: zarr.Group) -> Iterator[zarr.Array]:
-    """The arrays directly in the group at ``path``, found without opening its subgroups.
+def _store_key(node: zarr.Group | zarr.Array, name: str) -> str:
+    """The key of ``name`` (e.g. ``zarr.json``, a shard) of ``node`` in its store."""
+    return f"{node.path}/{name}" if node.path else name
+
+
+def _stored_size(store: Store, key: str) -> int | None:
+    """Bytes of the value at ``key`` in a folder or packed store; None when absent."""
+    if isinstance(store, PackedStore):
+        return store.member_size(key)
+    file = Path(store.root) / key
+    return file.stat().st_size if file.is_file() else None
+
+
+def _read_bytes(store: Store, key: str, start: int, length: int) -> bytes:
+    """``length`` bytes of the value at ``key`` from ``start``, in a folder or packed store."""
+    if isinstance(store, PackedStore):
+        return store.read_range(key, start, length)
+    with (Path(store.root) / key).open("rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
+def stored_files(node: zarr.Group | zarr.Array) -> dict[str, int]:
+    """``{key: bytes}`` of every file (member, in a packed store) under ``node``, its metadata included."""
+    store, prefix = node.store_path.store, _store_key(node, "")
+    if isinstance(store, PackedStore):
+        return {i.filename: i.file_size for i in store._zf.infolist()
+                if i.filename.startswith(prefix) and not i.is_dir()}
+    if not isinstance(store, LocalStore):
+        raise TypeError(f"unsupported store {store!r}")
+    root = Path(store.root)
+    return {f.relative_to(root).as_posix(): f.stat().st_size
+            for f in (root / node.path).rglob("*") if f.is_file()}
+
+
+def _own_arrays(group: zarr.Group) -> Iterator[zarr.Array]:
+    """The arrays directly in ``group``, found without opening its subgroups.
 
     zarr's own listing opens every member; this reads only each child's ``node_type``. Metadata that does
     not parse is skipped here: it fails loudly when used, unlike a missing shard, which reads as fill values.
     """
-    for child in sorted(path.iterdir()):
-        if node_metadata(child).get("node_type") == "array":
-            yield group[child.name]
+    store = group.store_path.store
+    if isinstance(store, PackedStore):
+        depth = len(group.path.split("/")) if group.path else 0
+        children = {k.split("/")[depth] for k in store._zf.namelist()
+                    if k.startswith(_store_key(group, "")) and k.count("/") > depth}
+    elif isinstance(store, LocalStore):
+        folder = Path(store.root) / group.path
+        children = {c.name for c in folder.iterdir() if c.is_dir()}
+    else:
+        raise TypeError(f"unsupported store {store!r}")
+    for child in sorted(children):
+        key = _store_key(group, f"{child}/zarr.json")
+        size = _stored_size(store, key)
+        try:
+            meta = json.loads(_read_bytes(store, key, 0, size)) if size is not None else {}
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and meta.get("node_type") == "array":
+            yield group[child]
 
 
 def _arrays(group: zarr.Group) -> Iterator[zarr.Array]:
@@ -432,8 +687,9 @@ def _arrays(group: zarr.Group) -> Iterator[zarr.Array]:
             yield node
 
 
-def _verify_array(array: zarr.Array, directory: Path) -> list[StoreProblem]:
+def _verify_array(array: zarr.Array) -> list[StoreProblem]:
     name = "/" + array.path
+    store = array.store_path.store
     meta = array.metadata
     outer = array.shards or array.chunks
     grid = [range(math.ceil(s / c)) for s, c in zip(array.shape, outer, strict=True)]
@@ -441,11 +697,11 @@ def _verify_array(array: zarr.Array, directory: Path) -> list[StoreProblem]:
     problems, missing = [], []
     for coords in itertools.product(*grid):
         key = meta.encode_chunk_key(coords)
-        file = directory / key
-        if not file.is_file():
+        size = _stored_size(store, _store_key(array, key))
+        if size is None:
             missing.append(key)
         elif sharding is not None:
-            message = _verify_shard(file, sharding, coords, outer, array.shape)
+            message = _verify_shard(store, _store_key(array, key), size, sharding, coords, outer, array.shape)
             if message:
                 problems.append(StoreProblem(name, f"shard {key} {message}"))
     if missing:
@@ -456,9 +712,10 @@ def _verify_array(array: zarr.Array, directory: Path) -> list[StoreProblem]:
 
 
 def _verify_shard(
-    file: Path, codec: ShardingCodec, coords: tuple[int, ...], shard: tuple[int, ...], shape: tuple[int, ...]
+    store: Store, key: str, size: int, codec: ShardingCodec, coords: tuple[int, ...],
+    shard: tuple[int, ...], shape: tuple[int, ...],
 ) -> str | None:
-    """What is wrong with one shard file (None when sound), from its index alone."""
+    """What is wrong with the shard at ``key`` of ``size`` bytes (None when sound), from its index alone."""
     index_codecs = tuple(codec.index_codecs)
     if not (
         len(index_codecs) == 2 and isinstance(index_codecs[0], BytesCodec)
@@ -468,13 +725,10 @@ def _verify_shard(
         return None  # not the layout this module writes: nothing cheap to check beyond the file's presence
     per_shard = tuple(s // c for s, c in zip(shard, codec.chunk_shape, strict=True))
     index_bytes = 16 * math.prod(per_shard)
-    size = file.stat().st_size
     if size < index_bytes + 4:
         return f"is truncated ({size} bytes, smaller than its index)"
     at_end = codec.index_location.value == "end"
-    with file.open("rb") as f:
-        f.seek(size - index_bytes - 4 if at_end else 0)
-        raw = f.read(index_bytes + 4)
+    raw = _read_bytes(store, key, size - index_bytes - 4 if at_end else 0, index_bytes + 4)
     if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
         return "is truncated or corrupt (its index checksum does not match)"
     index = np.frombuffer(raw[:-4], "<u8").reshape(*per_shard, 2)
@@ -500,4 +754,4 @@ def require_arrays(group: zarr.Group, path: str | Path, names: Sequence[str]) ->
     missing = [n for n in names if n not in group]
     if missing:
         raise StoreError(f"{path}: missing array(s) {missing}")
-    _raise_problems(path, [p for n in names for p in _verify_array(group[n], Path(path) / n)])
+    _raise_problems(path, [p for n in names for p in _verify_array(group[n])])

@@ -55,7 +55,7 @@ from videomamba_depth.evaluation.scoring import (
 from videomamba_depth.inference import AnchoringConfig, StreamingDepth, load_checkpoint
 from videomamba_depth.metrics import ALIGNMENTS, Alignment, aggregate
 from videomamba_depth.models import build_student
-from videomamba_depth.zarrio import atomic_directory, atomic_file
+from videomamba_depth.zarrio import PACKED_SUFFIX, atomic_directory, atomic_file
 
 METHODS = ("teacher", "student_stream", "student_reset", "student_untrained")
 # Seed of the untrained baseline's initialisation (train.seed's default: the trained model's own start).
@@ -176,9 +176,7 @@ def evaluate(
         for name in config.videos:
             video = load_eval_video(
                 name,
-                data_dir / "prepared" / f"{name}.zarr",
-                data_dir / "teacher" / f"{name}.zarr",
-                data_dir / "flow" / f"{name}.zarr",
+                *(data_dir / kind / f"{name}{PACKED_SUFFIX}" for kind in ("prepared", "teacher", "flow")),
             )
             depths = {
                 "teacher": video.teacher,

@@ -1,7 +1,7 @@
 """The ``flow`` stage: prepared frames + teacher depth -> flow, consistency, static masks and relative poses.
 
 Streams over the video in blocks of frame pairs, so memory does not grow with its length. For each
-consecutive pair (t, t+1) it stores, in ``data/flow/<video>.zarr`` (kind ``flow``):
+consecutive pair (t, t+1) it stores, in ``data/flow/<video>.zarr.zip`` (kind ``flow``):
 
 - ``flow_fwd`` / ``flow_bwd`` ``(T-1, H, W, 2)`` float16 pixels, t -> t+1 and t+1 -> t (indexed by t);
 - ``consistent`` ``(T-1, H, W)`` bool: the frame-t pixels that can be classified: forward–backward
@@ -191,7 +191,7 @@ BACKEND_PACKAGES = {"dis": ("opencv-python-headless",), "raft": ("opencv-python-
 
 
 def flow_tasks(names: Iterable[str], cfg: FlowConfig) -> list[VideoTask]:
-    """One task per video: ``data/prepared`` + ``data/teacher/<name>.zarr`` -> ``data/flow/<name>.zarr``."""
+    """One task per video: ``data/{prepared,teacher}/<name>.zarr.zip`` -> ``data/flow/<name>.zarr.zip``."""
     tasks = []
     for name in names:
         prepared, teacher, out = (store_path(kind, name) for kind in ("prepared", "teacher", "flow"))

@@ -59,6 +59,7 @@ from videomamba_depth.zarrio import (
     atomic_directory,
     atomic_file,
     create_time_array,
+    is_packed,
     open_store,
     writing_store,
 )
@@ -180,8 +181,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _is_our_store(path: Path) -> bool:
-    """True if ``path`` is a depth store written by ``infer`` and holds nothing else."""
-    if not path.is_dir() or path.is_symlink() or not {p.name for p in path.iterdir()} <= STORE_ENTRIES:
+    """True if ``path`` is a depth store written by ``infer`` (packed, or a folder holding nothing else)."""
+    if path.is_symlink():
+        return False
+    if is_packed(path):
+        if not path.is_file():
+            return False
+    elif not path.is_dir() or not {p.name for p in path.iterdir()} <= STORE_ENTRIES:
         return False
     try:
         group = open_store(path, KIND)

@@ -2,7 +2,7 @@
 
 ``sample_scene(config, seed)`` draws a scene, ``render_frames(scene)`` streams its frames (RGB + depth,
 pose, K, forward flow, motion mask), and ``write_synth_video`` writes one video directory for the ``synth``
-stage (``video.mp4``, ``intrinsics.json``, ``gt.zarr``). ``synth.images`` (imported on its own, not from
+stage (``video.mp4``, ``intrinsics.json``, ``gt.zarr.zip``). ``synth.images`` (imported on its own, not from
 here, so the video stage does not depend on it) writes the single-frame image set (``synth_images`` stage).
 """
 

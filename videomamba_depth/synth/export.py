@@ -1,4 +1,4 @@
-"""One synthetic video directory: ``video.mp4``, ``intrinsics.json`` and the ``gt.zarr`` ground truth."""
+"""One synthetic video directory: ``video.mp4``, ``intrinsics.json`` and the ``gt.zarr.zip`` ground truth."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from videomamba_depth.zarrio import TimeWriter, atomic_directory, create_time_ar
 
 VIDEO_FILE = "video.mp4"
 INTRINSICS_FILE = "intrinsics.json"
-GT_STORE = "gt.zarr"
+GT_STORE = "gt.zarr.zip"
 RENDERER = "videomamba_depth.synth (numpy ray caster)"
 
 
 def synth_tasks(config: SynthConfig, out_root: Path) -> list[VideoTask]:
-    """One task per ``config.videos`` entry, writing ``out_root/<name>/``; the fingerprint sits in gt.zarr."""
+    """One task per ``config.videos`` entry, writing ``out_root/<name>/`` (fingerprint: in its gt store)."""
     return [
         VideoTask(
             name=name,

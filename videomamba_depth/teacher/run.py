@@ -1,4 +1,4 @@
-"""The ``teacher`` stage: run a teacher over a prepared video and write ``data/teacher/<video>.zarr``.
+"""The ``teacher`` stage: run a teacher over a prepared video and write ``data/teacher/<video>.zarr.zip``.
 
 Teachers see only the image area of the prepared frames (never the padding); their outputs are pasted back
 into the padded geometry, with padding marked invalid. Invalid teacher output (NaN, inf, <= 0, outside
@@ -194,7 +194,7 @@ def _create_arrays(group: zarr.Group, height: int, width: int) -> dict[str, zarr
 
 
 def teacher_tasks(names: Iterable[str], cfg: TeacherConfig) -> list[VideoTask]:
-    """One task per video: ``data/prepared/<name>.zarr`` -> ``data/teacher/<name>.zarr``."""
+    """One task per video: ``data/prepared/<name>.zarr.zip`` -> ``data/teacher/<name>.zarr.zip``."""
     # Local weights (a folder) count by content, hashed once: swapping them redoes every video.
     weights = path_digest(cfg.weights) if cfg.weights is not None and Path(cfg.weights).exists() else None
     tasks = []

@@ -70,7 +70,7 @@ class Item:
 
 
 def find_videos(names: Sequence[str], val_frames: int) -> list[TrainingVideo]:
-    """Check the stores of ``names`` (``data/{prepared,teacher,flow}/<name>.zarr``) and describe them.
+    """Check the stores of ``names`` (``data/{prepared,teacher,flow}/<name>.zarr.zip``) and describe them.
 
     The last ``val_frames`` frames of each video are held out for validation, except in a video of at most
     ``val_frames`` frames (e.g. a single image), which is trained on whole and not validated
