@@ -7,10 +7,10 @@ not grow with the video count (train and evaluate depend on one split file each,
 
 Per ``N``: the first ``dvc repro`` (all the work); ``dvc status`` and a second ``dvc repro`` with nothing to
 do; dvc.lock's size; a ``train.lr`` change must leave every stage up to date (a sweep touches no data
-stage); then one held-out video is added (``synth.videos``, data/manifest.yaml, ``evaluate.videos``) and
-``dvc repro`` must compute that video only and leave ``data/split/train.json`` as it was (training is not
-re-run). Its time is compared with the first ``dvc repro`` of a one-video project (that video's work plus
-the fixed per-stage overhead).
+stage); then one held-out video is added (to data/synth_videos.yaml, data/manifest.yaml and
+data/evaluate_videos.yaml) and ``dvc repro`` must compute that video only and leave
+``data/split/train.json`` as it was (training is not re-run). Its time is compared with the first
+``dvc repro`` of a one-video project (that video's work plus the fixed per-stage overhead).
 
 Last, what ``decode`` pays on every run to confirm that the manifest's videos are unchanged (the content
 hash in each fingerprint): ``--inputs`` files of ``--input-mb`` MB each, hashed once in full, then again,
@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import write_results
+from videomamba_depth.config import VIDEO_LISTS, load_video_list, write_video_list
 from videomamba_depth.manifest import MANIFEST_FILE, load_manifest, write_manifest
 from videomamba_depth.pervideo import path_digest
 from videomamba_depth.provenance import DIGEST_CACHE_ENV, RACY_S
@@ -62,22 +63,28 @@ def video_names(n: int) -> list[str]:
     return [f"v{i:05d}" for i in range(n)]
 
 
-def write_project_params(root: Path, names: list[str], held_out: int, lr: float | None = None) -> None:
-    """params.yaml (the repository's sections, the tiny synth set of ``names``, ``train.lr`` or the
-    repository's) and data/manifest.yaml (its videos); the last ``held_out`` videos are evaluate's, the
-    others train's."""
+def write_project_params(root: Path, names: list[str], held_out: int) -> None:
+    """params.yaml (the repository's sections, the tiny synth set, the repository's ``train.lr``), the
+    video lists (the synth seeds of ``names``; the last ``held_out`` videos are evaluate's, the others
+    train's) and data/manifest.yaml (their files)."""
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    synth = {**base["synth"], **TINY_SYNTH, "videos": {n: SEED0 + i for i, n in enumerate(names)}}
-    manifest = {n: {"video": f"data/synth/{n}/video.mp4", "intrinsics": f"data/synth/{n}/intrinsics.json",
-                    "ground_truth": f"data/synth/{n}/{GT_STORE}"} for n in names}
-    split = len(names) - held_out
     params = {
-        "synth": synth,
+        "synth": {**base["synth"], **TINY_SYNTH},
         **{section: base[section] for section in ("decode", "prepare", "precompute", "teacher", "flow")},
-        "train": {"videos": names[:split], "lr": base["train"]["lr"] if lr is None else lr},
-        "evaluate": {"videos": names[split:]},
+        "train": {"lr": base["train"]["lr"]},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_video_lists(root, names, held_out)
+
+
+def write_video_lists(root: Path, names: list[str], held_out: int) -> None:
+    """The video lists and the manifest of :func:`write_project_params`."""
+    split = len(names) - held_out
+    write_video_list("synth", {n: SEED0 + i for i, n in enumerate(names)}, root)
+    write_video_list("train", names[:split], root)
+    write_video_list("evaluate", names[split:], root)
+    manifest = {n: {"video": f"data/synth/{n}/video.mp4", "intrinsics": f"data/synth/{n}/intrinsics.json",
+                    "ground_truth": f"data/synth/{n}/{GT_STORE}"} for n in names}
     write_manifest(manifest, root / MANIFEST_FILE)
 
 
@@ -98,11 +105,10 @@ def make_project(root: Path, names: list[str]) -> Path:
 
 
 def add_video(project: Path, name: str) -> None:
-    """Add ``name`` as one more held-out video (synth seed, manifest entry, evaluate.videos)."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    """Add ``name`` as one more held-out video (synth seed, manifest entry, evaluate.videos); params.yaml and
+    the training videos stay as they were."""
     names = [*load_manifest(project / MANIFEST_FILE), name]
-    write_project_params(project, names, len(params["evaluate"]["videos"]) + 1, lr=params["train"]["lr"])
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"] == params["train"]
+    write_video_lists(project, names, len(load_video_list(project / VIDEO_LISTS["evaluate"])) + 1)
 
 
 def sweep_train(project: Path) -> None:
@@ -139,7 +145,9 @@ def measure(root: Path, n: int, keep: bool = False) -> dict:
     if not keep:
         shutil.rmtree(project)
     return {"videos": n, "first_repro_s": first, "status_s": status, "noop_repro_s": noop,
-            "lock_bytes": len(lock), "lock_lines": lock.count(b"\n"), "data_files": files, "add_one_s": add}
+            "lock_bytes": len(lock), "lock_lines": lock.count(b"\n"),
+            "lock_names_videos": any(name.encode() in lock for name in names), "data_files": files,
+            "add_one_s": add}
 
 
 def input_check(root: Path, files: int, megabytes: int) -> dict:

@@ -15,6 +15,7 @@ import yaml
 from video_inputs import smooth_frames, tiny_K, write_video
 
 from videomamba_depth.camera import save_intrinsics_json
+from videomamba_depth.config import VIDEO_LISTS, write_video_list
 from videomamba_depth.manifest import MANIFEST_FILE, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +41,13 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
 
 
 def write_params(project: Path, params: dict) -> None:
-    """``params.yaml`` of ``params``, its ``videos`` (when given) in the project's ``data/manifest.yaml``."""
-    params = dict(params)
+    """``params.yaml`` of ``params``, its ``videos`` (when given) in the project's ``data/manifest.yaml`` and
+    each section's ``videos`` in its list file (``data/<section>_videos.yaml``), where stages read them."""
+    params = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
     videos = params.pop("videos", None)
+    for section in VIDEO_LISTS:
+        if isinstance(params.get(section), dict) and "videos" in params[section]:
+            write_video_list(section, params[section].pop("videos"), project)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if videos is not None:
         write_manifest(videos, project / MANIFEST_FILE)

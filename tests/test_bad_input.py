@@ -572,7 +572,7 @@ def test_bad_checkpoint_evaluate_stage(tmp_path, student, monkeypatch, case):
     from stages import evaluate as stage
 
     make, message = CHECKPOINT_CASES[case]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"videos": ["v"], "device": "cpu"}}))
+    write_params(tmp_path, {"evaluate": {"videos": ["v"], "device": "cpu"}})
     (tmp_path / "data" / "train").mkdir(parents=True)
     make(tmp_path / "data" / "train" / "model_best.safetensors", student)
     monkeypatch.chdir(tmp_path)
@@ -647,7 +647,7 @@ def test_bad_training_state_starts_fresh_and_says_why(tmp_path, monkeypatch, cap
         "steps": 2, "warmup_steps": 1, "val_every": 2, "log_every": 1, "checkpoint_every": 1,
         "image_every": 0, "device": "cpu", "threads": 1, "model": TINY_MODEL,
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+    write_params(tmp_path, {"train": train})
     monkeypatch.chdir(tmp_path)
     stage.main([])
     tamper, message = STATE_CASES[case]

@@ -17,7 +17,7 @@ from bench import bench_dvc
 @pytest.mark.slow
 def test_eight_videos_then_one_more(tmp_path):
     row = bench_dvc.measure(tmp_path, 8)
-    assert row["videos"] == 8 and row["lock_bytes"] > 0
+    assert row["videos"] == 8 and row["lock_bytes"] > 0 and not row["lock_names_videos"]
     # Per video, 7 files: the synth folder's video, intrinsics and packed ground truth, four packed stores;
     # then a few shared files (manifest, indexes, split).
     assert 7 * 8 <= row["data_files"] <= 7 * 8 + 12, row["data_files"]
@@ -28,6 +28,5 @@ def test_two_hundred_videos_then_one_more(tmp_path):
     """The same guarantees where per-video bookkeeping would show (about 3 min on 2 cores)."""
     row = bench_dvc.measure(tmp_path, 200)
     assert row["videos"] == 200
-    # dvc.lock holds one hash for the manifest and one per folder; only synth.videos (name: seed) lists
-    # videos.
-    assert row["lock_bytes"] < 64 * 1024
+    # dvc.lock holds one hash per video list, for the manifest and per folder: no video's name.
+    assert not row["lock_names_videos"] and row["lock_bytes"] < 24 * 1024, row

@@ -5,7 +5,14 @@ from typing import Literal
 
 import pytest
 
-from videomamba_depth.config import ConfigError, StageConfig, load_params, load_section
+from videomamba_depth.config import (
+    VIDEO_LISTS,
+    ConfigError,
+    StageConfig,
+    load_params,
+    load_section,
+    write_video_list,
+)
 from videomamba_depth.manifest import load_manifest
 
 
@@ -72,10 +79,29 @@ def test_load_section_and_errors(tmp_path):
         load_params(p)
 
 
+def test_video_lists_live_in_their_own_files(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  lr: 0.1\n")
+    write_video_list("train", ("a", "b"), tmp_path)
+    write_video_list("synth", {"a": 3}, tmp_path)
+    params = load_params(p)
+    assert params["train"] == {"lr": 0.1, "videos": ["a", "b"]} and params["synth"] == {"videos": {"a": 3}}
+    assert "evaluate" not in params  # no list file, no section
+    p.write_text("train:\n  lr: 0.1\n  videos: [a]\n")
+    with pytest.raises(ConfigError, match=r"train\.videos now lives in data/train_videos\.yaml"):
+        load_params(p)
+    p.write_text("train:\n  lr: 0.1\n")
+    (tmp_path / VIDEO_LISTS["train"]).write_text("names: [a]\n")
+    with pytest.raises(ConfigError, match=r"train_videos\.yaml: expected one key, 'videos' \(the list\)"):
+        load_params(p)
+
+
 def test_repository_params_have_every_stage_section():
     params = load_params()
     for section in ("synth", "decode", "prepare", "teacher", "flow", "train", "evaluate"):
         assert section in params, section
+    for section in VIDEO_LISTS:
+        assert params[section]["videos"], f"the repository's {VIDEO_LISTS[section]} lists the embedded videos"
     assert load_manifest(), "the repository's manifest (data/manifest.yaml) lists the embedded videos"
 
 

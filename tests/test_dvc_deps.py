@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from videomamba_depth.codehash import import_closure
+from videomamba_depth.config import VIDEO_LISTS
 from videomamba_depth.models import ModelConfig
 from videomamba_depth.synth import SynthConfig
 
@@ -46,8 +47,6 @@ def test_train_params_never_reach_data_stages():
             fields = {f.name for f in dataclasses.fields(ModelConfig)}
             runtime = {"freeze_encoder", "ssm_backend", "ssm_chunk_size"}
             assert sorted(params) == sorted(f"train.model.{k}" for k in fields - runtime)
-        elif name == "split":  # it lists the videos train reads, nothing else of train
-            assert params == ["train.videos"]
         elif name not in ("train", "evaluate"):
             assert not params, name
 
@@ -61,7 +60,22 @@ def test_train_and_evaluate_depend_on_their_own_videos_only():
         assert not data_folders & set(stages[name]["deps"]), name
         split = f"data/split/{name}.json"
         assert split in stages[name]["deps"] and split in stages["split"]["outs"]
-    assert {"train.videos", "evaluate.videos"} == set(stages["split"]["params"])
+        # Its own list of videos (read for their order), not the other one's.
+        assert str(VIDEO_LISTS[name]) in stages[name]["deps"], name
+        other = "evaluate" if name == "train" else "train"
+        assert str(VIDEO_LISTS[other]) not in stages[name]["deps"], name
+    assert {str(VIDEO_LISTS["train"]), str(VIDEO_LISTS["evaluate"])} <= set(stages["split"]["deps"])
+
+
+def test_video_lists_are_file_dependencies_never_params():
+    """The lists that grow with the videos are files DVC hashes (one line of dvc.lock each), never params it
+    records value by value and parses once per stage; synth and split depend on them."""
+    stages = _stages()
+    for name, spec in stages.items():
+        for param in map(str, spec.get("params", [])):
+            assert param.split(".")[-1] != "videos", (name, param)
+    assert str(VIDEO_LISTS["synth"]) in stages["synth"]["deps"]
+    assert not any(str(f) in stages["synth_images"]["deps"] for f in VIDEO_LISTS.values())
 
 
 def test_stores_are_read_through_their_index():
@@ -88,9 +102,8 @@ def test_pretrain_feeds_train():
     assert pretrained in stages["pretrain"]["outs"] and pretrained in stages["train"]["deps"]
     images = "data/synth_images"
     assert images in stages["synth_images"]["outs"] and images in stages["pretrain"]["deps"]
-    # Adding a video (synth.videos) must not re-render the image set.
+    # Adding a video (data/synth_videos.yaml) must not re-render the image set.
     assert "synth" not in stages["synth_images"]["params"]
-    assert "synth.videos" not in stages["synth_images"]["params"]
     # Every other key that shapes a scene's frame is listed; the video-only ones are not.
     listed = {p.removeprefix("synth.") for p in stages["synth_images"]["params"] if p.startswith("synth.")}
     video_only = {"videos", "crf", "shutter"}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from videomamba_depth.camera import backproject, load_intrinsics, project, relative_pose, transform_points
-from videomamba_depth.config import ConfigError
+from videomamba_depth.config import ConfigError, write_video_list
 from videomamba_depth.synth import SynthConfig, render_frames, sample_scene, write_synth_video
 from videomamba_depth.synth import export as synth_export
 from videomamba_depth.synth.export import GT_STORE
@@ -200,9 +200,10 @@ def test_outputs_are_byte_identical(tmp_path, video_dir):
 def test_stage_writes_directory_atomically(tmp_path, monkeypatch):
     from stages import synth as stage
 
-    params = {"synth": {**dataclasses.asdict(TINY), "videos": {"tiny": 3}}}
-    params["synth"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params["synth"].items()}
+    params = {"synth": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(TINY).items()
+                        if k != "videos"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_video_list("synth", {"tiny": 3}, tmp_path)
     monkeypatch.chdir(tmp_path)
     stage.main(["tiny"])
     assert {"video.mp4", "intrinsics.json"} <= set(_files(tmp_path / "data/synth/tiny"))
@@ -212,7 +213,7 @@ def test_stage_writes_directory_atomically(tmp_path, monkeypatch):
         raise RuntimeError("renderer died")
 
     monkeypatch.setattr(synth_export, "render_frames", broken)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"synth": {**params["synth"], "videos": {"b": 1}}}))
+    write_video_list("synth", {"b": 1}, tmp_path)
     with pytest.raises(RuntimeError, match="renderer died"):
         stage.main(["b"])
     assert sorted(p.name for p in (tmp_path / "data/synth").iterdir()) == ["tiny"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from dvc_project import write_params
 from safetensors.torch import load_file
 from training_fixtures import TINY_MODEL, write_training_video
 
@@ -46,7 +46,7 @@ def _train_params(batch_size: int) -> dict:
 def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path, monkeypatch):
     write_training_video(tmp_path, "a", frames=12, seed=0)
     write_training_video(tmp_path, "b", frames=14, seed=1)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": _train_params(batch_size=1)}))
+    write_params(tmp_path, {"train": _train_params(batch_size=1)})
     run = subprocess.run(
         [
             sys.executable,

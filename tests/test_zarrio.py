@@ -1,5 +1,6 @@
 """Store conventions: sharded time arrays, bounded streaming writes, atomic stores, independent readers."""
 
+import json
 import os
 import zipfile
 
@@ -156,6 +157,35 @@ def test_packed_store_is_one_file_that_reads_like_the_folder(tmp_path):
     np.testing.assert_array_equal(zarr_zip["rgb"][:], frames)
     spec = {"driver": "zarr3", "kvstore": {"driver": "zip", "base": f"file://{packed}", "path": "rgb/"}}
     np.testing.assert_array_equal(ts.open(spec).result().read().result(), frames)
+
+
+def test_packed_metadata_leads_and_is_read_from_the_first_bytes(tmp_path, monkeypatch):
+    frames = np.random.default_rng(0).integers(0, 255, (11, 6, 5, 3), dtype=np.uint8)
+    with recording_attributes({"fingerprint": "f00d"}):
+        packed = _write_packed(tmp_path / "v.zarr.zip", frames)
+    with zipfile.ZipFile(packed) as zf:
+        names = zf.namelist()
+        expected = {node: json.loads(zf.read(f"{node}/zarr.json" if node else "zarr.json"))
+                    for node in ("", "rgb", "gt", "gt/mask")}
+    metadata = [n for n in names if n.endswith("zarr.json")]
+    assert names[0] == "zarr.json" and names[: len(metadata)] == metadata  # the root, then every other one
+    # Read from the leading members alone: the central directory is never parsed.
+    with monkeypatch.context() as m:
+        m.setattr(zipfile, "ZipFile", None)
+        assert {node: node_metadata(packed / node) for node in expected} == expected
+    # A ZIP laid out otherwise (members in another order, as `zip -r` writes) reads the same, through the
+    # central directory; so does a lead member whose bytes no longer match its CRC, when it is not needed.
+    other = tmp_path / "other.zarr.zip"
+    with zipfile.ZipFile(packed) as src, zipfile.ZipFile(other, "w") as dst:
+        for name in reversed(names):
+            dst.writestr(name, src.read(name))
+    assert {node: node_metadata(other / node) for node in expected} == expected
+    data = bytearray(packed.read_bytes())
+    root = data.index(b'"fingerprint"')
+    data[root : root + 13] = b'"fingerprinT"'
+    packed.write_bytes(bytes(data))
+    assert node_metadata(packed) == {}  # the damaged member fails its CRC through zipfile too
+    assert node_metadata(packed / "rgb") == expected["rgb"]
 
 
 def test_packed_store_bytes_depend_only_on_content(tmp_path):

@@ -5,6 +5,12 @@ rejected (a typo in a sweep such as ``-S train.lrr=1e-3`` must fail loudly, not 
 default), values are checked against the field types, and the resolved config is what gets recorded in
 Zarr attributes and checkpoints.
 
+The video lists (``synth.videos``, ``train.videos``, ``evaluate.videos``) live in files of their own,
+``data/<section>_videos.yaml`` (:data:`VIDEO_LISTS`), like the manifest: DVC parses ``params.yaml`` once per
+stage and records every stage's params in ``dvc.lock``, so lists that grow with the videos would make every
+stage's bookkeeping grow with them (README "Many videos, many GPUs"). :func:`load_params` puts each list back
+into its section, so each config keeps its ``videos``.
+
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[T, ...]``,
 ``tuple[T1, T2]``, ``dict[str, T]``, ``Literal[...]`` and nested config dataclasses.
 """
@@ -23,8 +29,14 @@ import yaml
 from videomamba_depth.errors import InputError
 
 PARAMS_FILE = Path("params.yaml")
+# Section -> the file holding its ``videos`` (``{videos: ...}``), relative to the params file's folder; the
+# stages that read a list depend on its file in dvc.yaml.
+VIDEO_LISTS = {section: Path(f"data/{section}_videos.yaml") for section in ("synth", "train", "evaluate")}
 
 C = TypeVar("C", bound="StageConfig")
+# libyaml's parser when PyYAML has it: a list or manifest of 10,000 videos parses in well under a second (the
+# pure-Python one takes about ten times longer, and every stage parses them). The same YAML either way.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(InputError):
@@ -39,7 +51,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from exc
     try:
-        params = yaml.safe_load(text)
+        params = yaml.load(text, Loader=YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
@@ -47,7 +59,41 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if "videos" in params:
         raise ConfigError(f"{path}: the video manifest ('videos') now lives in data/manifest.yaml; move the "
                           "section there unchanged (README 'Your own videos')")
+    for section, relative in VIDEO_LISTS.items():
+        if isinstance(params.get(section), Mapping) and "videos" in params[section]:
+            raise ConfigError(f"{path}: {section}.videos now lives in {relative} (as 'videos:'); move it "
+                              "there (README 'Your own videos')")
+        file = path.parent / relative
+        if file.exists():
+            section_params = params.get(section)
+            params[section] = {**(section_params if isinstance(section_params, Mapping) else {}),
+                               "videos": load_video_list(file)}
     return params
+
+
+def load_video_list(path: str | Path) -> Any:
+    """The ``videos`` of a video list file (:data:`VIDEO_LISTS`); an error naming the file when it is not
+    ``{videos: ...}``. The section's config checks the list itself."""
+    path = Path(path)
+    try:
+        content = yaml.load(path.read_text(), Loader=YAML_LOADER)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read video list ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(content, dict) or set(content) != {"videos"}:
+        raise ConfigError(f"{path}: expected one key, 'videos' (the list), got "
+                          f"{sorted(content) if isinstance(content, dict) else type(content).__name__}")
+    return content["videos"]
+
+
+def write_video_list(section: str, videos: Any, root: str | Path = ".") -> Path:
+    """Write ``{videos: videos}`` to ``root/data/<section>_videos.yaml`` (for projects built by code: tests,
+    benches); returns its path."""
+    path = Path(root) / VIDEO_LISTS[section]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"videos": _plain(videos)}, sort_keys=False))
+    return path
 
 
 @dataclasses.dataclass(frozen=True)

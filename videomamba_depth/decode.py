@@ -53,13 +53,14 @@ class DecodeConfig(StageConfig):
 
 def decode_tasks(manifest: Mapping[str, VideoEntry], config: DecodeConfig) -> list[VideoTask]:
     """One task per manifest entry; a task's fingerprint covers its entry, the params and the input files."""
+    params = config.to_dict()
     return [
         VideoTask(
             name=name,
             out=store_path(KIND, name),
             inputs={
                 "entry": entry.to_dict(),
-                "config": config.to_dict(),
+                "config": params,
                 "video": path_digest(entry.video),
                 "intrinsics": path_digest(entry.intrinsics),
             },

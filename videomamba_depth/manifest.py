@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from videomamba_depth.config import ConfigError, StageConfig
+from videomamba_depth.config import YAML_LOADER, ConfigError, StageConfig
 from videomamba_depth.zarrio import PACKED_SUFFIX, atomic_file
 
 DATA_DIR = Path("data")
@@ -37,9 +37,6 @@ MANIFEST_KEY = "videos"
 # Names become file names (data/<kind>/<name>.zarr.zip): no separators, spaces, shell characters or a
 # leading dot.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# libyaml's parser: a manifest of 10,000 entries parses in well under a second (the pure-Python one takes
-# about ten times longer). The same YAML either way.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ def load_manifest(path: str | Path = MANIFEST_FILE) -> dict[str, VideoEntry]:
         raise ConfigError(f"{path}: cannot read the video manifest ({exc.strerror}; see README "
                           "'Your own videos')") from exc
     try:
-        doc = yaml.load(text, Loader=_LOADER)
+        doc = yaml.load(text, Loader=YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return parse_manifest(doc, str(path))

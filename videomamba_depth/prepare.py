@@ -108,11 +108,11 @@ def resample_nearest(values: np.ndarray, geometry: ResizePad) -> np.ndarray:
 
 def prepare_tasks(manifest: Mapping[str, VideoEntry], config: PrepareConfig) -> list[VideoTask]:
     """One task per manifest entry: ``data/frames/<name>.zarr.zip`` (+ ground truth) -> ``data/prepared/``."""
-    tasks = []
+    tasks, params = [], config.to_dict()
     for name, entry in manifest.items():
         frames, out = store_path("frames", name), store_path(KIND, name)
         inputs = {
-            "config": config.to_dict(),
+            "config": params,
             "frames": input_fingerprint(frames),
             "ground_truth": input_fingerprint(entry.ground_truth),
         }

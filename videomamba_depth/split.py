@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from videomamba_depth.config import ConfigError
+from videomamba_depth.config import VIDEO_LISTS, ConfigError
 from videomamba_depth.errors import InputError
 from videomamba_depth.manifest import DATA_DIR, load_manifest, select_videos
 from videomamba_depth.pervideo import index_path, read_index
@@ -24,7 +24,7 @@ from videomamba_depth.zarrio import atomic_file
 
 SPLIT_DIR = DATA_DIR / "split"
 KINDS = {"prepared": "prepare", "teacher": "teacher", "flow": "flow"}  # stores train and evaluate read: stage
-CONSUMERS = ("train", "evaluate")  # params section whose ``videos`` a split file lists
+CONSUMERS = ("train", "evaluate")  # params sections whose ``videos`` (data/<section>_videos.yaml) split lists
 
 
 def split_path(consumer: str) -> Path:
@@ -33,10 +33,10 @@ def split_path(consumer: str) -> Path:
 
 
 def consumer_videos(params: Mapping[str, Any], consumer: str) -> list[str]:
-    """``params[consumer]["videos"]``, checked against the manifest."""
+    """``params[consumer]["videos"]`` (from ``data/<consumer>_videos.yaml``), checked against the manifest."""
     names = params.get(consumer, {}).get("videos") if isinstance(params.get(consumer), Mapping) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"params.yaml: {consumer}.videos must be a list of video names, got {names!r}")
+        raise ConfigError(f"{VIDEO_LISTS[consumer]}: videos must be a list of video names, got {names!r}")
     return list(select_videos(load_manifest(), names)) if names else []
 
 

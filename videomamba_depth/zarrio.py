@@ -35,8 +35,10 @@ import math
 import os
 import re
 import shutil
+import struct
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -87,6 +89,11 @@ PACKED_SUFFIX = ".zarr.zip"
 _ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 # ZIP local file header: 30 bytes, then the name and the extra field, whose lengths are at bytes 26 and 28.
 _ZIP_HEADER_BYTES = 30
+# ZIP end-of-central-directory record (no archive comment): the file's last 22 bytes.
+_ZIP_END_BYTES = 22
+# Bytes read from the start of a packed store for its leading metadata members (:func:`_leading_metadata`):
+# a store's zarr.json documents together are a few KB (the root's attributes, with provenance, the largest).
+_HEAD_BYTES = 64 * 1024
 
 PARTIAL_MARK = ".partial-"
 REPLACED_MARK = ".replaced-"
@@ -220,13 +227,16 @@ class PackedStore(ZipStore):
 def pack_store(folder: Path, target: Path) -> None:
     """Write the folder store ``folder`` into the ZIP file ``target`` (a packed store).
 
-    Members sorted by key, stored uncompressed (the chunks are compressed already, and uncompressed members
-    can be read in byte ranges: a shard's index, one chunk), with a fixed timestamp and mode: the same store
-    always packs to the same bytes.
+    Members stored uncompressed (the chunks are compressed already, and uncompressed members can be read in
+    byte ranges: a shard's index, one chunk), with a fixed timestamp and mode: the same store always packs to
+    the same bytes. Every ``zarr.json`` comes first, the root's first, then by depth and key, and then the
+    chunks, by key: the metadata a stage checks for every video on every run (a store's fingerprint, an
+    array's shape) lies in the file's first bytes (:func:`node_metadata`).
     """
-    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    files = sorted(((p.name != "zarr.json", key.count("/"), key), p)
+                   for p in folder.rglob("*") if p.is_file() for key in [p.relative_to(folder).as_posix()])
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, file in files:
+        for (_, _, key), file in files:
             info = zipfile.ZipInfo(key, date_time=_ZIP_DATE_TIME)
             info.external_attr = 0o644 << 16
             size = file.stat().st_size
@@ -599,12 +609,47 @@ def node_metadata(node: str | Path) -> dict:
         if packed is None:
             raw = (node / "zarr.json").read_bytes()
         else:
-            with zipfile.ZipFile(packed) as zf:
-                raw = zf.read(f"{prefix}/zarr.json" if prefix else "zarr.json")
+            key = f"{prefix}/zarr.json" if prefix else "zarr.json"
+            raw = _leading_metadata(packed, key)
+            if raw is None:  # not among the leading members: a ZIP packed otherwise, or damaged
+                with zipfile.ZipFile(packed) as zf:
+                    raw = zf.read(key)
         meta = json.loads(raw)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _leading_metadata(path: Path, key: str) -> bytes | None:
+    """Member ``key`` (a ``zarr.json``) of a packed store when it is among the metadata members the store
+    opens with (:func:`pack_store`), read from the file's first :data:`_HEAD_BYTES`: one read instead of
+    parsing the whole central directory (several times cheaper; stages check every video's stores on every
+    run). A member counts only when stored uncompressed, whole within those bytes, with its sizes in its
+    header and its CRC-32 matching, and when the file ends with the ZIP end record (it was written to the
+    end); the walk stops at the first member that is not such metadata. None otherwise: the caller then reads
+    the central directory."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _ZIP_END_BYTES or os.pread(f.fileno(), 4, size - _ZIP_END_BYTES) != b"PK\x05\x06":
+            return None
+        head = os.pread(f.fileno(), _HEAD_BYTES, 0)
+    offset = 0
+    while head[offset : offset + 4] == b"PK\x03\x04" and offset + _ZIP_HEADER_BYTES <= len(head):
+        # Flags, method, (time, date), CRC-32, stored size, (size), name and extra-field lengths.
+        flags, method, crc, stored, _, name_len, extra_len = struct.unpack_from("<HHxxxxIIIHH", head,
+                                                                                 offset + 6)
+        name_at = offset + _ZIP_HEADER_BYTES
+        name = head[name_at : name_at + name_len].decode(errors="replace")
+        start = name_at + name_len + extra_len
+        data = head[start : start + stored]
+        # Bit 3: sizes follow the data (a streamed ZIP); 0xFFFFFFFF: ZIP64 sizes in the extra field.
+        if (not (name == "zarr.json" or name.endswith("/zarr.json")) or method != zipfile.ZIP_STORED
+                or flags & 0x08 or stored == 0xFFFFFFFF or len(data) != stored):
+            return None
+        if name == key:
+            return data if zlib.crc32(data) == crc else None
+        offset = start + stored
+    return None
 
 
 def _root_attrs(path: Path) -> dict:

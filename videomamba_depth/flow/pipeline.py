@@ -192,11 +192,11 @@ BACKEND_PACKAGES = {"dis": ("opencv-python-headless",), "raft": ("opencv-python-
 
 def flow_tasks(names: Iterable[str], cfg: FlowConfig) -> list[VideoTask]:
     """One task per video: ``data/{prepared,teacher}/<name>.zarr.zip`` -> ``data/flow/<name>.zarr.zip``."""
-    tasks = []
+    tasks, config = [], cfg.to_dict()
     for name in names:
         prepared, teacher, out = (store_path(kind, name) for kind in ("prepared", "teacher", "flow"))
         inputs = {
-            "config": cfg.to_dict(),
+            "config": config,
             "prepared": input_fingerprint(prepared),
             "teacher": input_fingerprint(teacher),
         }

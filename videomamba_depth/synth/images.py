@@ -82,8 +82,8 @@ def check_disjoint_seeds(config: SynthImagesConfig, synth: SynthConfig) -> None:
     shared = sorted(name for name, seed in synth.videos.items() if seed in seeds)
     if shared:
         raise ConfigError(
-            f"synth_images: seeds {seeds.start}..{seeds.stop - 1} include the seeds of synth.videos "
-            f"{shared}; move synth_images.seed_start past {max(synth.videos.values())}"
+            f"synth_images: seeds {seeds.start}..{seeds.stop - 1} include the seeds of the videos {shared} "
+            f"(data/synth_videos.yaml); move synth_images.seed_start past {max(synth.videos.values())}"
         )
 
 

@@ -169,7 +169,7 @@ class SynthConfig(StageConfig):
     def seed(self, name: str) -> int:
         """The seed of video ``name``; a clear error when it is not listed."""
         if name not in self.videos:
-            raise KeyError(f"synth.videos has no video '{name}'; known: {sorted(self.videos)}")
+            raise KeyError(f"data/synth_videos.yaml has no video '{name}'; known: {sorted(self.videos)}")
         return self.videos[name]
 
 

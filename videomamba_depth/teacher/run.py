@@ -197,10 +197,10 @@ def teacher_tasks(names: Iterable[str], cfg: TeacherConfig) -> list[VideoTask]:
     """One task per video: ``data/prepared/<name>.zarr.zip`` -> ``data/teacher/<name>.zarr.zip``."""
     # Local weights (a folder) count by content, hashed once: swapping them redoes every video.
     weights = path_digest(cfg.weights) if cfg.weights is not None and Path(cfg.weights).exists() else None
-    tasks = []
+    tasks, config = [], cfg.to_dict()
     for name in names:
         prepared, out = store_path("prepared", name), store_path("teacher", name)
-        inputs = {"config": cfg.to_dict(), "weights": weights, "prepared": input_fingerprint(prepared)}
+        inputs = {"config": config, "weights": weights, "prepared": input_fingerprint(prepared)}
         run = partial(run_teacher, cfg, prepared, out, video=name)
         tasks.append(VideoTask(name, out, inputs, run, packages=BACKEND_PACKAGES[cfg.backend],
                                cost=array_cost(prepared)))
