@@ -20,7 +20,7 @@ NAMES = ["baseline", "feature_align"] + (["tokens_vit"] if importlib.util.find_s
 def test_one_row_per_variant_with_finite_image_and_video_metrics(tmp_path):
     data = tmp_path / "data"
     write_image_set(data / "synth_images", count=10, seed=0)  # 8 training images (one batch), 2 validation
-    write_eval_video(data, "scene_06", seed=6)  # the first of params.yaml's evaluate.videos
+    write_eval_video(data, "scene_06", seed=6)  # the first of data/evaluate_videos.yaml
     write_eval_video(data, "scene_07", seed=7)
     save_student(data / "pretrain" / "model_best.safetensors", build_student(tiny_model_config()))
     argv = ["--data", str(data), "--steps", "2", "--videos", "1", "--threads", "1", "--results",
