@@ -10,7 +10,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 CONSTRAINTS ?= constraints/lock.txt
-EXTRAS ?= dev,raft,timm,export
+EXTRAS ?= dev,raft,timm,export,cpu
 PIP_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -1,16 +1,19 @@
-"""Temporal SSM benchmark: sequence fast path vs per-frame loop, streaming step latency, state memory.
+"""Temporal SSM benchmark: sequence fast paths vs per-frame loop, streaming step latency, state memory.
 
-- Throughput (tokens/s = tokens x frames / s) at N = 8, 64, 512 frames, in one run: the chunked fast path
-  (``ssd_scan``, and a whole ``TemporalMambaScale.forward``) against the per-frame reference
+- Throughput (tokens/s = tokens x frames / s) at N = 8, 64, 512 frames, in one run: the two sequence fast
+  paths, the chunked torch scan (``ssd_scan``) and the fused CPU kernel (``ssd_scan_numba``, the ``numba``
+  backend), and whole ``TemporalMambaScale.forward`` calls on each backend, against the per-frame reference
   (``ssd_scan_ref``, and a loop of ``TemporalMambaScale.step``), on the coarsest feature scale of a 2-video
-  batch (2 x 12 x 16 = 384 tokens). Best of 3 repeats up to N = 64 (robust to other processes on a shared
-  machine), one timing at N = 512.
+  batch (2 x 12 x 16 = 384 tokens). Best of 3 interleaved rounds up to N = 64 (every method once per round,
+  so a change of load on a shared machine hits all of them), one timing at N = 512. Up to N = 64, also
+  training-like calls (forward, then gradients to every input) on each scan. The target: a sequence scan
+  >= 5x the per-frame loop at N = 64 (``TARGET_SPEEDUP``), printed and written with the results.
 - Step latency: stream 10,000 frames through ``step`` and compare the latency of frames 10-109 with frames
   9,900-9,999 (constant cost per frame: the state does not grow); then, to cancel drifts in machine load,
   time steps from the frame-10 state and from the frame-10,000 state alternately.
 - State memory per token (bytes) of a scale, split into conv window and SSM state.
 
-Run: ``python -m bench.bench_ssm`` (about 1.5 minutes on one idle core). Results go to
+Run: ``python -m bench.bench_ssm`` (about 2 minutes on one idle core). Results go to
 bench/results/bench_ssm.{json,md}.
 """
 
@@ -26,13 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import call_seconds, write_results
-from videomamba_depth.ssm import TemporalMambaScale, ssd_scan, ssd_scan_ref
+from videomamba_depth.ssm import TemporalMambaScale, ssd_scan, ssd_scan_numba, ssd_scan_ref
 
 NUM_TOKENS = 2 * 12 * 16  # batch 2, coarsest feature map 12 x 16
 SCALE_ARGS = {"dim": 64, "num_blocks": 2, "d_state": 16, "expand": 2, "headdim": 32}  # 4 heads of 32
 STREAM_ARGS = {"dim": 32, "num_blocks": 2, "d_state": 16, "expand": 2, "headdim": 16}
 STREAM_TOKENS = 64
 EARLY_FRAME = 10
+# The sequence scan must beat the per-frame loop by this factor at this length (1 thread).
+TARGET_SPEEDUP = 5.0
+TARGET_FRAMES = 64
 
 
 def best_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
@@ -65,8 +71,33 @@ def random_scale(**args) -> TemporalMambaScale:
     return scale.eval()
 
 
-def throughput(frames: list[int], repeats: int) -> list[dict]:
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int, warm_up: bool) -> dict[str, float]:
+    """Minimum wall time of each function over ``repeats`` rounds that call every function once in turn:
+    a change of machine load hits all of them alike, so their ratios stay fair on a shared machine."""
+    if warm_up:
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(best_seconds(fn, 1, warm_up=False))
+    return {name: min(t) for name, t in times.items()}
+
+
+def forward_backward(scan: Callable[..., tuple], inputs: tuple) -> Callable[[], None]:
+    """A training-like call: the scan, then the gradients of ``y.sum() + state.sum()`` to every input."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+
+    def call() -> None:
+        y, state = scan(*leaves)
+        torch.autograd.grad(y.sum() + state.sum(), leaves)
+
+    return call
+
+
+def throughput(frames: list[int], repeats: int, backward_frames: int) -> list[dict]:
     scale = random_scale(**SCALE_ARGS)
+    numba_scale = random_scale(**SCALE_ARGS, backend="numba")  # the same weights (same seed)
     mixer = scale.blocks[0].mixer
     rows = []
     for num_frames in frames:
@@ -84,29 +115,46 @@ def throughput(frames: list[int], repeats: int) -> list[dict]:
         short = num_frames <= 64
         timing = {"repeats": repeats if short else 1, "warm_up": short}
         with torch.no_grad():
-            scan_fast = best_seconds(
-                lambda inputs=inputs: ssd_scan(*inputs, chunk_size=mixer.chunk_size), **timing
+            seconds = interleaved_best(
+                {
+                    "scan_chunked": lambda inputs=inputs: ssd_scan(*inputs, chunk_size=mixer.chunk_size),
+                    "scan_numba": lambda inputs=inputs: ssd_scan_numba(*inputs),
+                    "scan_ref": lambda inputs=inputs: ssd_scan_ref(*inputs),
+                    "scale_torch": lambda x=x: scale(x),
+                    "scale_numba": lambda x=x: numba_scale(x),
+                    "scale_step_loop": step_loop,
+                },
+                **timing,
             )
-            scan_ref = best_seconds(lambda inputs=inputs: ssd_scan_ref(*inputs), **timing)
-            scale_fast = best_seconds(lambda x=x: scale(x), **timing)
-            scale_ref = best_seconds(step_loop, **timing)
-        rows.append(
-            {
-                "num_frames": num_frames,
-                "scan_fast_tokens_per_s": tokens / scan_fast,
-                "scan_ref_tokens_per_s": tokens / scan_ref,
-                "scan_speedup": scan_ref / scan_fast,
-                "scale_fast_tokens_per_s": tokens / scale_fast,
-                "scale_step_loop_tokens_per_s": tokens / scale_ref,
-                "scale_speedup": scale_ref / scale_fast,
-            }
-        )
-        row = rows[-1]
+        row = {"num_frames": num_frames}
+        for name, value in seconds.items():
+            row[f"{name}_tokens_per_s"] = tokens / value
+        for fast in ("scan_chunked", "scan_numba"):
+            row[f"{fast}_speedup"] = seconds["scan_ref"] / seconds[fast]
+        for fast in ("scale_torch", "scale_numba"):
+            row[f"{fast}_speedup"] = seconds["scale_step_loop"] / seconds[fast]
+        if num_frames <= backward_frames:
+            # Training: forward + backward (autograd through the loop / the chunked form; numba's own).
+            train = interleaved_best(
+                {
+                    name: forward_backward(scan, inputs)
+                    for name, scan in (
+                        ("chunked", lambda *a: ssd_scan(*a, chunk_size=mixer.chunk_size)),
+                        ("numba", ssd_scan_numba),
+                        ("ref", ssd_scan_ref),
+                    )
+                },
+                repeats=repeats,
+                warm_up=True,
+            )
+            row["train_ms"] = {name: 1e3 * value for name, value in train.items()}
+        rows.append(row)
         print(
-            f"N={num_frames:4d}  scan: fast {row['scan_fast_tokens_per_s']:9.0f} tok/s, "
-            f"ref {row['scan_ref_tokens_per_s']:9.0f} tok/s (x{row['scan_speedup']:.1f})  "
-            f"scale: forward {row['scale_fast_tokens_per_s']:9.0f} tok/s, "
-            f"step loop {row['scale_step_loop_tokens_per_s']:9.0f} tok/s (x{row['scale_speedup']:.1f})",
+            f"N={num_frames:4d}  scan: chunked {row['scan_chunked_tokens_per_s']:9.0f} tok/s "
+            f"(x{row['scan_chunked_speedup']:.1f}), numba {row['scan_numba_tokens_per_s']:9.0f} tok/s "
+            f"(x{row['scan_numba_speedup']:.1f}), per-frame ref {row['scan_ref_tokens_per_s']:9.0f} tok/s  "
+            f"scale: torch x{row['scale_torch_speedup']:.1f}, numba x{row['scale_numba_speedup']:.1f} "
+            f"the step loop" + (f"  train (fwd+bwd) ms: {row['train_ms']}" if "train_ms" in row else ""),
             flush=True,
         )
     return rows
@@ -179,6 +227,19 @@ def state_memory() -> list[dict]:
     return rows
 
 
+def scan_target(rows: list[dict]) -> dict:
+    """Each sequence scan's speed-up over the per-frame loop at ``TARGET_FRAMES``, vs ``TARGET_SPEEDUP``."""
+    row = next((r for r in rows if r["num_frames"] == TARGET_FRAMES), None)
+    results = {} if row is None else {
+        name: (row[f"scan_{name}_speedup"], row[f"scan_{name}_speedup"] >= TARGET_SPEEDUP)
+        for name in ("chunked", "numba")
+    }
+    for name, (value, ok) in results.items():
+        print(f"target x{TARGET_SPEEDUP:.0f} at N={TARGET_FRAMES}: {name} x{value:.2f} "
+              f"({'met' if ok else 'not met'})", flush=True)
+    return {"num_frames": TARGET_FRAMES, "speedup": TARGET_SPEEDUP, "results": results}
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# bench_ssm",
@@ -187,16 +248,36 @@ def markdown(results: dict) -> str:
         f"{results['load_average_at_start']} / {results['load_average_at_end']}. "
         f"Tokens/s = tokens x frames / s, {NUM_TOKENS} tokens, scale {SCALE_ARGS}.",
         "",
-        "| N | scan fast (tok/s) | scan per-frame ref (tok/s) | speed-up | scale forward (tok/s) "
-        "| scale step loop (tok/s) | speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | scan chunked, torch (tok/s) | scan fused, numba (tok/s) | scan per-frame ref (tok/s) "
+        "| chunked speed-up | numba speed-up | scale forward torch / numba (tok/s) | scale step loop (tok/s) "
+        "| speed-up torch / numba |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["throughput"]:
         lines.append(
-            f"| {r['num_frames']} | {r['scan_fast_tokens_per_s']:.0f} | {r['scan_ref_tokens_per_s']:.0f} "
-            f"| x{r['scan_speedup']:.1f} | {r['scale_fast_tokens_per_s']:.0f} "
-            f"| {r['scale_step_loop_tokens_per_s']:.0f} | x{r['scale_speedup']:.1f} |"
+            f"| {r['num_frames']} | {r['scan_chunked_tokens_per_s']:.0f} "
+            f"| {r['scan_numba_tokens_per_s']:.0f} | {r['scan_ref_tokens_per_s']:.0f} "
+            f"| x{r['scan_chunked_speedup']:.1f} "
+            f"| x{r['scan_numba_speedup']:.1f} | {r['scale_torch_tokens_per_s']:.0f} / "
+            f"{r['scale_numba_tokens_per_s']:.0f} | {r['scale_step_loop_tokens_per_s']:.0f} "
+            f"| x{r['scale_torch_speedup']:.1f} / x{r['scale_numba_speedup']:.1f} |"
         )
+    target = results["target"]
+    lines += [
+        "",
+        f"Target: a sequence scan >= x{target['speedup']:.0f} the per-frame loop at "
+        f"N = {target['num_frames']}: " + ", ".join(f"{name} x{value:.1f} ({'met' if ok else 'not met'})"
+                    for name, (value, ok) in target["results"].items()) + ".",
+        "",
+        "Training-like calls (scan forward, then gradients to every input), milliseconds:",
+        "",
+        "| N | chunked, torch | fused, numba | per-frame ref |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in results["throughput"]:
+        if "train_ms" in r:
+            ms = r["train_ms"]
+            lines.append(f"| {r['num_frames']} | {ms['chunked']:.1f} | {ms['numba']:.1f} | {ms['ref']:.1f} |")
     s = results["step_latency"]
     lines += [
         "",
@@ -230,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats up to N = 64 (best is kept)")
     parser.add_argument("--stream", type=int, default=10_000, help="frames streamed for the step latency")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--backward-frames", type=int, default=64, help="time forward + backward to this N")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {
@@ -239,10 +321,11 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "num_tokens": NUM_TOKENS,
         "scale": SCALE_ARGS,
-        "throughput": throughput(args.frames, args.repeats),
+        "throughput": throughput(args.frames, args.repeats, args.backward_frames),
         "step_latency": step_latency(args.stream),
         "state_memory": state_memory(),
     }
+    results["target"] = scan_target(results["throughput"])
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_results("bench_ssm", results, markdown(results))
 

@@ -136,7 +136,8 @@ class ModelConfig(StageConfig):
             pooled from the ``s32`` features, its SSM output read as a log-scale offset of the frame's depth.
         d_state, d_conv, expand, headdim, ffn_mult: Mamba block sizes; ``expand * width`` must be a multiple
             of ``headdim`` at every temporal scale.
-        ssm_backend: ``torch`` (pure PyTorch, any device) or ``cuda`` (mamba-ssm kernels).
+        ssm_backend: ``torch`` (pure PyTorch, any device), ``cuda`` (mamba-ssm kernels) or ``numba`` (fused
+            CPU kernel, no chunks); the sequence scan only, same results.
         ssm_chunk_size: scan chunk length, null = the backend's default (speed only, same results).
     Decoder:
         decoder_widths: fusion widths at strides 4, 8, 16, 32.
@@ -180,7 +181,7 @@ class ModelConfig(StageConfig):
     expand: int = 2
     headdim: int = 32
     ffn_mult: int = 2
-    ssm_backend: Literal["torch", "cuda"] = "torch"
+    ssm_backend: Literal["torch", "cuda", "numba"] = "torch"
     ssm_chunk_size: int | None = None
     decoder_widths: tuple[int, ...] = (32, 48, 64, 96)
     head_width: int = 16
@@ -241,6 +242,9 @@ class ModelConfig(StageConfig):
             raise ValueError(f"init_depth must be inside {DEPTH_RANGE} m, got {self.init_depth}")
         if self.ssm_chunk_size is not None and self.ssm_chunk_size < 1:
             raise ValueError(f"ssm_chunk_size must be >= 1 or null, got {self.ssm_chunk_size}")
+        if self.ssm_backend == "numba" and self.ssm_chunk_size is not None:
+            raise ValueError(f"ssm_backend numba scans without chunks: ssm_chunk_size must be null, got "
+                             f"{self.ssm_chunk_size}")
         if not DEPTH_RANGE[0] <= self.min_depth < self.max_depth <= DEPTH_RANGE[1]:
             raise ValueError(
                 f"need {DEPTH_RANGE[0]} <= min_depth < max_depth <= {DEPTH_RANGE[1]} m, got "

@@ -10,7 +10,8 @@ Public API:
   ``reset``.
 - ``to_temporal_tokens`` / ``from_temporal_tokens``: ``(B, N, C, H, W) <-> (B*H*W, N, C)``;
   ``batch_token_mask``: per-video mask -> per-token mask.
-- ``ssd_scan`` (fast, chunked) / ``ssd_scan_ref`` (per-frame loop) / ``ssd_step`` / ``ssd_scan_cuda``.
+- ``ssd_scan`` (fast, chunked) / ``ssd_scan_ref`` (per-frame loop) / ``ssd_step`` / ``ssd_scan_cuda`` /
+  ``ssd_scan_numba`` (fused CPU kernel, optional ``numba``).
 """
 
 from videomamba_depth.ssm.block import (
@@ -21,6 +22,7 @@ from videomamba_depth.ssm.block import (
     causal_conv,
 )
 from videomamba_depth.ssm.kernels import require_mamba_ssm, ssd_scan_cuda
+from videomamba_depth.ssm.numba_scan import require_numba, ssd_scan_numba
 from videomamba_depth.ssm.scan import ssd_scan, ssd_scan_ref, ssd_step
 from videomamba_depth.ssm.state import BlockState, ScaleState
 from videomamba_depth.ssm.tokens import (
@@ -44,8 +46,10 @@ __all__ = [
     "causal_conv",
     "from_temporal_tokens",
     "require_mamba_ssm",
+    "require_numba",
     "ssd_scan",
     "ssd_scan_cuda",
+    "ssd_scan_numba",
     "ssd_scan_ref",
     "ssd_step",
     "to_temporal_tokens",

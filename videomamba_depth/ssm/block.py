@@ -27,13 +27,15 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from videomamba_depth.ssm.kernels import require_mamba_ssm, ssd_scan_cuda
+from videomamba_depth.ssm.numba_scan import require_numba, ssd_scan_numba
 from videomamba_depth.ssm.scan import ssd_scan, ssd_scan_ref
 from videomamba_depth.ssm.state import BlockState, ScaleState
 
 # Sequence-scan backends and their default chunk lengths. The chunk length only trades speed (results agree
 # up to rounding): short chunks suit CPU (the intra-chunk work is quadratic in the chunk), while the Triton
-# kernel's tiles are sized for chunks of 64-256 frames.
-DEFAULT_CHUNK_SIZE = {"torch": 16, "cuda": 64}
+# kernel's tiles are sized for chunks of 64-256 frames. "numba" (CPU) is the fused per-frame recurrence,
+# compiled: it has no chunks.
+DEFAULT_CHUNK_SIZE: dict[str, int | None] = {"torch": 16, "cuda": 64, "numba": None}
 
 # ``TemporalMambaScale.forward`` runs its blocks over segments of at most this many frames, carrying the
 # states from one segment to the next (the chunked mode, so results are the same up to rounding). Long
@@ -92,8 +94,9 @@ class MambaMixer(nn.Module):
         dt_min, dt_max: range of the initial step size (log-uniform), as in Mamba.
         A_init_range: range of the initial decay rates ``-A`` (uniform), as in Mamba-2.
         chunk_size: scan chunk length; ``None`` takes the backend's default (``DEFAULT_CHUNK_SIZE``).
-        backend: "torch" (default, pure PyTorch) or "cuda" (mamba-ssm Triton kernel for sequences; raises
-            ImportError at construction when mamba-ssm is missing — no silent fallback).
+        backend: "torch" (default, pure PyTorch), "cuda" (mamba-ssm Triton kernel for sequences) or "numba"
+            (fused CPU kernel for sequences); "cuda" and "numba" raise ImportError at construction when their
+            package is missing — no silent fallback.
     """
 
     def __init__(
@@ -125,6 +128,10 @@ class MambaMixer(nn.Module):
             raise ValueError(f"d_conv must be >= 1, got {d_conv}")
         if backend == "cuda":
             require_mamba_ssm()
+        if backend == "numba":
+            if chunk_size is not None:
+                raise ValueError(f"backend='numba' has no chunks: chunk_size must be None, not {chunk_size}")
+            require_numba()
         self.dim, self.d_state, self.d_conv, self.d_inner = dim, d_state, d_conv, d_inner
         self.headdim, self.nheads, self.ngroups = headdim, nheads, ngroups
         self.backend = backend
@@ -171,6 +178,8 @@ class MambaMixer(nn.Module):
             if not x.is_cuda:
                 raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {x.device}")
             scan: ScanFn = partial(ssd_scan_cuda, chunk_size=self.chunk_size)
+        elif self.backend == "numba":
+            scan = ssd_scan_numba
         else:
             scan = partial(ssd_scan, chunk_size=self.chunk_size)
         return self._mix(x, state, scan)
@@ -301,7 +310,7 @@ class TemporalMambaScale(nn.Module):
 
     @property
     def backend(self) -> str:
-        """Sequence-scan backend of the blocks ("torch" or "cuda"); record it with outputs."""
+        """Sequence-scan backend of the blocks ("torch", "cuda" or "numba"); record it with outputs."""
         return self.blocks[0].mixer.backend
 
     def init_state(
