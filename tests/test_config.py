@@ -66,6 +66,15 @@ def test_rejects_bad_values(values, message):
         Example.from_dict(values, "train")
 
 
+def test_load_params_reads_dvc_written_exponent_floats(tmp_path):
+    # `dvc exp run -S train.lr=1e-5` writes `lr: 1e-05` (YAML 1.2); PyYAML's YAML 1.1 would read a string.
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  lr: 1e-05\n  steps: 3\n  name: v1e5\n  pair: [2E+3, -1e-2]\n")
+    train = load_params(p)["train"]
+    assert train == {"lr": 1e-5, "steps": 3, "name": "v1e5", "pair": [2000.0, -0.01]}
+    assert load_section(Example, "train", {"train": {"lr": train["lr"]}}).lr == 1e-5
+
+
 def test_load_section_and_errors(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("train:\n  lr: 0.1\n")

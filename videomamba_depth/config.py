@@ -18,6 +18,7 @@ Supported field types: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tu
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -34,9 +35,24 @@ PARAMS_FILE = Path("params.yaml")
 VIDEO_LISTS = {section: Path(f"data/{section}_videos.yaml") for section in ("synth", "train", "evaluate")}
 
 C = TypeVar("C", bound="StageConfig")
+
+
 # libyaml's parser when PyYAML has it: a list or manifest of 10,000 videos parses in well under a second (the
 # pure-Python one takes about ten times longer, and every stage parses them). The same YAML either way.
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader that also reads YAML 1.2 floats without a dot (``1e-05``) as numbers.
+
+    PyYAML follows YAML 1.1, where ``1e-05`` is a string; DVC (ruamel, YAML 1.2) reads it as a float and
+    writes floats that way: ``dvc exp run -S train.lr=1e-5`` leaves ``lr: 1e-05`` in params.yaml.
+    """
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+YAML_LOADER = YamlLoader
 
 
 class ConfigError(InputError):
