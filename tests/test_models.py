@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from videomamba_depth.models import (
@@ -24,6 +24,11 @@ from videomamba_depth.models import (
 )
 
 TOL = 1e-5  # fp32 equivalence of clip / chunked / step modes, relative to the largest magnitude
+# The carried states of the second s32 block sit behind a whole randomised block (norms, SSM, FFN), where the
+# chunked scan's and the recurrence's fp32 rounding compound: 300 random cases of the property test below
+# gave at most 7e-6, and hypothesis once drew 1.04e-5 (seed 365, 1 x 3 frames of 28 x 28). A wrong carry
+# is off by O(1).
+STATE_TOL = 5e-5
 
 # A small student: widths 8-16, 4 SSM heads of 8 channels, temporal blocks at s16 (1) and s32 (2).
 TINY = {
@@ -77,7 +82,7 @@ def clip_inputs(
     return rgb, K
 
 
-def assert_states_close(a: StudentStates, b: StudentStates, tol: float = TOL) -> None:
+def assert_states_close(a: StudentStates, b: StudentStates, tol: float = STATE_TOL) -> None:
     assert a.names == b.names and a.sizes == b.sizes and a.batch == b.batch
     for (_, sa), (_, sb) in zip(a.items(), b.items(), strict=True):
         for ta, tb in zip(sa.tensors(), sb.tensors(), strict=True):
@@ -105,6 +110,7 @@ def run_steps(model: VideoMambaDepth, rgb: torch.Tensor, K: torch.Tensor, states
     width=st.integers(17, 60),
     split=st.floats(0.0, 1.0),
 )
+@example(seed=365, batch=1, frames=3, height=28, width=28, split=0.0)  # largest state error seen (STATE_TOL)
 def test_clip_chunks_and_steps_agree(seed, batch, frames, height, width, split):
     model = tiny_model(seed % 3).train()  # train mode: no batch statistics anywhere, so it must still hold
     rgb, K = clip_inputs(seed, batch, frames, height, width)
