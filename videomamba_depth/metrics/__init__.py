@@ -28,6 +28,7 @@ from videomamba_depth.metrics.temporal import (
     reprojection_error,
     sample_bilinear,
     scale_drift,
+    splat_depth,
     static_jitter,
     tae,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "reprojection_error",
     "sample_bilinear",
     "scale_drift",
+    "splat_depth",
     "static_jitter",
     "tae",
 ]

@@ -79,28 +79,27 @@ def pose_c2w_from_relative(rel_pose: np.ndarray) -> np.ndarray:
     return np.stack(poses)
 
 
-def reprojection_error(
-    src: np.ndarray,
-    src_ok: np.ndarray,
-    K_src: np.ndarray,
-    T_dst_src: np.ndarray,
-    dst: np.ndarray,
-    dst_ok: np.ndarray,
-    K_dst: np.ndarray,
-) -> float:
-    """One direction of TAE: mean ``|d_dst - z| / d_dst`` of depth ``src`` projected into the ``dst`` frame.
+def splat_depth(
+    src: np.ndarray, src_ok: np.ndarray, K_src: np.ndarray, T_dst_src: np.ndarray, K_dst: np.ndarray,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Depth ``src`` as the destination camera sees it: a z-buffered forward warp, NaN where nothing lands.
 
     Every usable source pixel is back-projected with ``K_src``, moved by ``T_dst_src`` and projected with
     ``K_dst``; its pixel coordinates are rounded to the nearest pixel. Where several source points land on one
-    pixel the nearest (smallest z) wins (a z-buffer: the surface the destination camera actually sees). The
-    projected z is compared with ``dst`` at every pixel that received a point with ``z > 0`` and is usable
-    in ``dst_ok``. Returns NaN when no pixel is compared.
+    pixel the nearest (smallest z) wins (the surface the destination camera actually sees); points behind the
+    camera (``z <= 0``) or outside the image are dropped. No hole filling: a pixel the source did not see, or
+    one between splatted points, stays NaN.
 
     Args:
-        src, dst: ``(H, W)`` depths, metres; src_ok, dst_ok: ``(H, W)`` bool usable pixels.
+        src: ``(H, W)`` depth, metres; src_ok: ``(H, W)`` bool usable pixels.
         K_src, K_dst: ``(3, 3)``; T_dst_src: ``(4, 4)`` maps source-camera points to the destination camera.
+        shape: ``(H', W')`` of the destination image.
+
+    Returns:
+        ``(H', W')`` float64 z-depth in the destination camera, metres.
     """
-    H, W = dst.shape
+    H, W = shape
     points = transform_points(T_dst_src, backproject(np.where(src_ok, src, 0.0), K_src)[src_ok])
     uv, z = project(points, K_dst)
     u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
@@ -112,11 +111,35 @@ def reprojection_error(
     index, z = index[order], z[order]
     first = np.ones(len(index), dtype=bool)
     first[1:] = index[1:] != index[:-1]
-    index, z = index[first], z[first]
-    compared = dst_ok.ravel()[index]
+    out = np.full(H * W, np.nan)
+    out[index[first]] = z[first]
+    return out.reshape(H, W)
+
+
+def reprojection_error(
+    src: np.ndarray,
+    src_ok: np.ndarray,
+    K_src: np.ndarray,
+    T_dst_src: np.ndarray,
+    dst: np.ndarray,
+    dst_ok: np.ndarray,
+    K_dst: np.ndarray,
+) -> float:
+    """One direction of TAE: mean ``|d_dst - z| / d_dst`` of depth ``src`` projected into the ``dst`` frame.
+
+    ``src`` is warped into the destination camera by :func:`splat_depth` (rounded to pixel centres, nearest
+    point wins); the projected z is compared with ``dst`` at every pixel that received a point and is usable
+    in ``dst_ok``. Returns NaN when no pixel is compared.
+
+    Args:
+        src, dst: ``(H, W)`` depths, metres; src_ok, dst_ok: ``(H, W)`` bool usable pixels.
+        K_src, K_dst: ``(3, 3)``; T_dst_src: ``(4, 4)`` maps source-camera points to the destination camera.
+    """
+    z = splat_depth(src, src_ok, K_src, T_dst_src, K_dst, dst.shape)
+    compared = np.isfinite(z) & dst_ok
     if not compared.any():
         return float("nan")
-    target = dst.ravel()[index[compared]]
+    target = dst[compared]
     return float(np.mean(np.abs(target - z[compared]) / target))
 
 
