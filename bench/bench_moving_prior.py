@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 import torch
+import zarr
 
 from bench.bench_variants import held_out_stores
-from bench.common import PARAMS, RESULTS, write_results
+from bench.common import PARAMS, add_held_out_options, check_held_out_options, require_stores, write_results
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.evaluation import EvaluateConfig, load_eval_video, predict_video
 from videomamba_depth.inference import StreamingDepth, load_checkpoint
@@ -74,10 +75,10 @@ def prior_distance(depth: np.ndarray, pixels: np.ndarray) -> float:
     return float(d[np.searchsorted(cumulative, 0.5 * cumulative[-1])])
 
 
-def has_passer(prepared: Path) -> bool:
-    """Whether the synthetic video behind ``prepared`` has a passer (read from its ground-truth store's scene
-    record, which the prepared store names)."""
-    gt_path = open_store(prepared, "prepared").attrs.get("ground_truth")
+def has_passer(group: zarr.Group, prepared: Path) -> bool:
+    """Whether the synthetic video behind the prepared store ``group`` (opened from ``prepared``) has a passer
+    (read from its ground-truth store's scene record, which the prepared store names)."""
+    gt_path = group.attrs.get("ground_truth")
     if gt_path is None:
         raise SystemExit(f"{prepared}: no ground truth; this bench needs the synthetic videos' stores")
     scene = open_store(gt_path, "ground_truth").attrs["scene"]
@@ -89,9 +90,10 @@ def training_objects(data: Path, videos: Sequence[str]) -> tuple[np.ndarray, np.
     depths, pixels = [], []
     for name in videos:
         prepared = data / "prepared" / f"{name}{PACKED_SUFFIX}"
-        if has_passer(prepared):
+        group = open_store(prepared, "prepared")
+        if has_passer(group, prepared):
             continue
-        gt = open_store(prepared, "prepared")["gt"]
+        gt = group["gt"]
         depth, motion = gt["depth"][:], gt["motion_mask"][:].astype(bool)
         for t in range(len(depth)):
             for mask in object_masks(motion[t]):
@@ -139,13 +141,9 @@ def measure(checkpoint: Path, data: Path, train_videos: Sequence[str], videos: i
     all), per group and per video."""
     config = load_section(EvaluateConfig, "evaluate", load_params(PARAMS))
     names = list(config.videos[:videos])
-    missing = [str(p) for name in names for p in held_out_stores(data, name) if not p.exists()]
-    missing += [str(p) for name in train_videos
-                if not (p := data / "prepared" / f"{name}{PACKED_SUFFIX}").exists()]
-    if missing:
-        raise SystemExit(f"bench_moving_prior needs the pipeline's stores: missing {missing[0]}"
-                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; run `dvc repro "
-                         "evaluate` (or pass --data DIR holding them)")
+    held_out = [p for name in names for p in held_out_stores(data, name)]
+    training = [data / "prepared" / f"{name}{PACKED_SUFFIX}" for name in train_videos]
+    require_stores("bench_moving_prior", [*held_out, *training])
     train_depth, train_pixels = training_objects(data, train_videos)
     prior = prior_distance(train_depth, train_pixels)
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
@@ -158,7 +156,7 @@ def measure(checkpoint: Path, data: Path, train_videos: Sequence[str], videos: i
             raise SystemExit(f"{prepared}: no ground-truth motion mask; this bench needs synthetic videos")
         student = predict_video(StreamingDepth(model, anchoring=config.anchoring), video, "streaming")
         rows = score_objects(student, video.reference, video.motion, video.reference_valid, prior)
-        group = "with_passer" if has_passer(prepared) else "floating"
+        group = "with_passer" if has_passer(open_store(prepared, "prepared"), prepared) else "floating"
         groups[group] += rows
         per_video[name] = {"group": group, **summarise(rows)} if rows else {"group": group, "objects": 0}
     result = {"checkpoint": str(checkpoint), "videos": names, "train_videos": list(train_videos),
@@ -219,24 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
     import yaml
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
-    parser.add_argument("--data", type=Path, default=Path("data"),
-                        help="folder holding the pipeline's prepared, teacher and flow stores")
+    add_held_out_options(parser, CHECKPOINT)
     parser.add_argument("--train-videos", type=Path, default=TRAIN_VIDEOS,
                         help="YAML file whose `videos` list the training videos (fits the prior)")
-    parser.add_argument("--videos", type=int, default=None, help="the first N held-out videos (default: all)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"{args.checkpoint}: no such model file (run `make repro` first, or give --checkpoint)")
+    check_held_out_options(parser, args)
     if not args.train_videos.is_file():
         parser.error(f"{args.train_videos}: no such file (the training videos' list)")
     train_videos = (yaml.safe_load(args.train_videos.read_text()) or {}).get("videos")
     if not isinstance(train_videos, list) or not train_videos:
         parser.error(f"{args.train_videos}: needs a non-empty `videos` list")
-    if args.videos is not None and args.videos < 1:
-        parser.error(f"--videos: must be at least 1, got {args.videos}")
     args.results.mkdir(parents=True, exist_ok=True)
     results = measure(args.checkpoint, args.data, [str(v) for v in train_videos], args.videos, args.threads,
                       args.results / "bench_moving_prior.png")

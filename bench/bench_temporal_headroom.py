@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from bench.bench_variants import held_out_stores
-from bench.common import PARAMS, RESULTS, write_results
+from bench.common import PARAMS, add_held_out_options, check_held_out_options, require_stores, write_results
 from videomamba_depth.camera import relative_pose
 from videomamba_depth.config import load_params, load_section
 from videomamba_depth.evaluation import (
@@ -112,11 +112,7 @@ def measure(checkpoint: Path, data: Path, betas: Sequence[float], videos: int | 
     and the floor."""
     config = load_section(EvaluateConfig, "evaluate", load_params(PARAMS))
     names = list(config.videos[:videos])
-    missing = [str(p) for name in names for p in held_out_stores(data, name) if not p.exists()]
-    if missing:
-        raise SystemExit(f"bench_temporal_headroom needs the evaluate stage's inputs: missing {missing[0]}"
-                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; run `dvc repro "
-                         "evaluate` (or pass --data DIR holding them)")
+    require_stores("bench_temporal_headroom", (p for name in names for p in held_out_stores(data, name)))
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     model, _ = load_checkpoint(checkpoint, torch.device("cpu"))
     settings = config.settings()
@@ -205,21 +201,13 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
-    parser.add_argument("--data", type=Path, default=Path("data"),
-                        help="folder holding the pipeline's prepared, teacher and flow stores")
+    add_held_out_options(parser, CHECKPOINT)
     parser.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
-    parser.add_argument("--videos", type=int, default=None, help="the first N held-out videos (default: all)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"{args.checkpoint}: no such model file (run `make repro` first, or give --checkpoint)")
+    check_held_out_options(parser, args)
     if not all(0.0 <= b < 1.0 for b in args.betas):
         parser.error(f"--betas: each must be in [0, 1), got {args.betas}")
     args.results.mkdir(parents=True, exist_ok=True)
-    if args.videos is not None and args.videos < 1:
-        parser.error(f"--videos: must be at least 1, got {args.videos}")
     results = measure(args.checkpoint, args.data, args.betas, args.videos, args.threads,
                       args.results / "bench_temporal_headroom_xt.png")
     write_results("bench_temporal_headroom", results, markdown(results), args.results)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -61,3 +62,32 @@ def default_student() -> VideoMambaDepth:
     """:func:`randomised_student` of params.yaml's ``train.model``, in eval mode."""
     config = ModelConfig.from_dict(load_params(PARAMS)["train"]["model"], where="params.yaml: train.model")
     return randomised_student(config).eval()
+
+
+def add_held_out_options(parser: argparse.ArgumentParser, checkpoint: Path) -> None:
+    """The options of every bench that runs a trained student on the evaluate stage's held-out videos:
+    ``--checkpoint`` (default ``checkpoint``), ``--data``, ``--videos N``, ``--threads``, ``--results``."""
+    parser.add_argument("--checkpoint", type=Path, default=checkpoint)
+    parser.add_argument("--data", type=Path, default=Path("data"),
+                        help="folder holding the pipeline's prepared, teacher and flow stores")
+    parser.add_argument("--videos", type=int, default=None, help="the first N held-out videos (default: all)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+
+
+def check_held_out_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One clear line (``parser.error``) for the options of :func:`add_held_out_options` that cannot work."""
+    if not args.checkpoint.is_file():
+        parser.error(f"{args.checkpoint}: no such model file (run `make repro` first, or give --checkpoint)")
+    if args.videos is not None and args.videos < 1:
+        parser.error(f"--videos: must be at least 1, got {args.videos}")
+
+
+def require_stores(bench: str, paths: Iterable[Path]) -> None:
+    """Exit with one line naming the first of ``paths`` that does not exist, how many more are missing, and
+    what makes them."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise SystemExit(f"{bench} needs the pipeline's stores: missing {missing[0]}{more}; run `dvc repro "
+                         "evaluate` (or pass --data DIR holding them)")

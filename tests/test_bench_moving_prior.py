@@ -8,7 +8,7 @@ from test_evaluate import temporal_model, write_eval_video
 
 from bench import bench_moving_prior as moving
 from videomamba_depth.models import save_student
-from videomamba_depth.zarrio import writing_store
+from videomamba_depth.zarrio import open_store, writing_store
 
 
 def test_prior_distance_is_the_minimiser_of_the_pixel_weighted_relative_error():
@@ -58,12 +58,13 @@ def test_passer_flag_is_read_from_the_ground_truth_store_the_prepared_store_name
             pass
         with writing_store(tmp_path / f"{name}.zarr.zip", "prepared", {"ground_truth": str(gt)}):
             pass
-    assert moving.has_passer(tmp_path / "with.zarr.zip")
-    assert not moving.has_passer(tmp_path / "without.zarr.zip")
+    for name, passer in (("with", True), ("without", False)):
+        path = tmp_path / f"{name}.zarr.zip"
+        assert moving.has_passer(open_store(path, "prepared"), path) is passer
     with writing_store(tmp_path / "real.zarr.zip", "prepared", {}):
         pass
     with pytest.raises(SystemExit, match=r"real\.zarr\.zip: no ground truth"):
-        moving.has_passer(tmp_path / "real.zarr.zip")
+        moving.has_passer(open_store(tmp_path / "real.zarr.zip", "prepared"), tmp_path / "real.zarr.zip")
 
 
 def test_runs_end_to_end_and_writes_the_table_and_scatter(tmp_path, monkeypatch):
@@ -75,7 +76,7 @@ def test_runs_end_to_end_and_writes_the_table_and_scatter(tmp_path, monkeypatch)
         write_eval_video(data, name, seed=seed)
     (tmp_path / "train.yaml").write_text("videos: [train_a, train_b]\n")
     # The fixtures have no synth store behind them: every odd held-out video is said to have a passer.
-    monkeypatch.setattr(moving, "has_passer", lambda p: p.name[:8] in held_out[1::2])
+    monkeypatch.setattr(moving, "has_passer", lambda group, p: p.name[:8] in held_out[1::2])
     checkpoint = tmp_path / "model.safetensors"
     save_student(checkpoint, temporal_model())
     out = tmp_path / "results"
