@@ -14,13 +14,22 @@ videos, scored by the evaluate stage's own code (alignment ``none``, vs ground t
   moving objects) keep the current output. Then either
   ``scale``: ``log d_t + beta * median(log memory - log d_t)`` (one offset per frame: a scale memory), or
   ``pixel``: ``beta * log memory + (1 - beta) * log d_t`` per pixel (an exponential moving average);
+- ground-truth scale oracles (``gt_scale``): the ``reset`` output times one factor per frame, read from the
+  truth. ``e_t``, the median of ``log(truth / d_t)`` over the frame's valid pixels, is frame t's scale error.
+  ``per-frame`` removes it (every frame's scale right: what is left is shape); ``per-video`` removes each
+  video's median error (the absolute level right, the frame-to-frame scale wander kept); ``video`` and
+  ``causal`` keep the level and remove the wander, replacing ``e_t`` by its mean over the video, or over
+  frames <= t. ``causal`` is what a scale memory could buy at best if it knew every frame's error but not
+  the absolute scale: the frame's scale pulled to the running mean of the scales seen so far;
 - ``floor``: the temporal metrics of the ground truth itself (what a perfect depth scores, surfaces do
   change depth between frames), and each variant's ``excess`` ratio ``(x - floor) / (reset - floor)``:
   the share of the per-frame student's avoidable flicker that is left.
 
-Ratios are of the means over the videos (as the evaluate stage's headline), ``x / reset``. A picture backs
-the numbers: ``bench_temporal_headroom_xt.png``, the x-t slice (time downwards) of the first video:
-per-frame, best fusion, truth, and log(depth / truth) of the first two.
+Ratios are of the means over the videos (as the evaluate stage's headline), ``x / reset``. Pictures back
+the numbers: ``bench_temporal_headroom_xt_{depth,log_ratio}.png``, the x-t slice (time downwards) of the
+first video: per-frame, best fusion, truth, and log(depth / truth) of the first two; and
+``bench_temporal_headroom_scale.png``, every video's ``e_t`` of the per-frame output against time (its level
+and its wander; their median and standard deviation per video are ``reset_scale_error`` in the JSON).
 
 Run: ``python -m bench.bench_temporal_headroom`` after ``make repro`` (``--checkpoint``, ``--data``,
 ``--betas``, ``--videos N``: the first N only). Results: ``bench/results/bench_temporal_headroom.{json,md}``.
@@ -59,6 +68,7 @@ GATE = 0.2
 BETAS = (0.5, 0.7)
 MOTIONS = ("still", "gt_pose")
 MODES = ("scale", "pixel")
+ORACLES = ("per-frame", "per-video", "video", "causal")
 ACCURACY = ("abs_rel", "delta1", "moving_abs_rel", "near_abs_rel")
 TEMPORAL = ("tae", "jitter_static")
 # The issue's stream-vs-reset targets (evaluate.target_stream_*_ratio of params.yaml).
@@ -100,6 +110,36 @@ def fuse(depth: np.ndarray, video: EvalVideo, beta: float, motion: str, mode: st
     return np.exp(fused).astype(np.float32)
 
 
+def frame_scale_errors(depth: np.ndarray, video: EvalVideo) -> np.ndarray:
+    """``(T,)``: each frame's scale error ``e_t``, the median of ``log(truth / depth)`` over its valid pixels
+    (0 for a frame without one, which the synthetic set never has)."""
+    errors = np.zeros(len(depth))
+    for t, (truth, d, ok) in enumerate(zip(video.reference, depth, video.reference_valid, strict=True)):
+        if ok.any():
+            errors[t] = np.median(np.log(truth[ok].astype(np.float64) / d[ok]))
+    return errors
+
+
+def oracle_scale(depth: np.ndarray, video: EvalVideo, oracle: str) -> np.ndarray:
+    """``depth`` ``(T, H, W)`` metres times one ground-truth factor per frame (``oracle`` in
+    :data:`ORACLES`, module docstring); ``(T, H, W)`` float32."""
+    if oracle not in ORACLES:
+        raise ValueError(f"oracle_scale: oracle must be one of {ORACLES}, got {oracle!r}")
+    errors = frame_scale_errors(depth, video)
+    if oracle == "per-frame":
+        correction = errors
+    elif oracle == "per-video":
+        ok = video.reference_valid
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_error = np.log(video.reference[ok].astype(np.float64) / depth[ok])
+        correction = np.full_like(errors, np.median(log_error) if ok.any() else 0.0)
+    elif oracle == "video":
+        correction = errors - errors.mean()
+    else:
+        correction = errors - np.cumsum(errors) / np.arange(1, len(errors) + 1)
+    return (depth * np.exp(correction)[:, None, None]).astype(np.float32)
+
+
 def variant_names(betas: Sequence[float]) -> list[tuple[str, str, str, float]]:
     """``(name, motion, mode, beta)`` of every fusion, e.g. ``gt_pose pixel b=0.7``."""
     return [(f"{motion} {mode} b={beta:g}", motion, mode, beta)
@@ -117,7 +157,7 @@ def measure(checkpoint: Path, data: Path, betas: Sequence[float], videos: int | 
     model, _ = load_checkpoint(checkpoint, torch.device("cpu"))
     settings = config.settings()
     per_video: dict[str, list[dict[str, float]]] = {}
-    floors = []
+    floors, scale_errors = [], {}
     for name in names:
         video = load_eval_video(name, *held_out_stores(data, name))
         reset = predict_video(StreamingDepth(model, reset_every_frame=True), video, "per-frame")
@@ -126,6 +166,9 @@ def measure(checkpoint: Path, data: Path, betas: Sequence[float], videos: int | 
                                           "streaming")}
         for label, motion, mode, beta in variant_names(betas):
             depths[label] = fuse(reset, video, beta, motion, mode)
+        for oracle in ORACLES:
+            depths[f"gt_scale {oracle}"] = oracle_scale(reset, video, oracle)
+        scale_errors[name] = frame_scale_errors(reset, video)
         for label, depth in depths.items():
             means = score(depth, video, HEADLINE_ALIGNMENT, settings).means
             per_video.setdefault(label, []).append({k: means[k] for k in (*ACCURACY, *TEMPORAL)})
@@ -137,6 +180,8 @@ def measure(checkpoint: Path, data: Path, betas: Sequence[float], videos: int | 
         if figure is not None and name == names[0]:
             best = f"gt_pose pixel b={max(betas):g}"
             xt_figure(figure, video, {"per-frame (reset)": reset, best: depths[best]})
+    if figure is not None:
+        scale_figure(figure.with_name(figure.stem.removesuffix("_xt") + "_scale.png"), scale_errors)
     means = {label: aggregate(rows) for label, rows in per_video.items()}
     gt = aggregate(floors)
     ratios = {label: {k: _ratio(m[k], means["reset"][k]) for k in (*ACCURACY, *TEMPORAL)}
@@ -145,6 +190,8 @@ def measure(checkpoint: Path, data: Path, betas: Sequence[float], videos: int | 
               for label, m in means.items()}
     targets = {k: getattr(config, field) for k, field in TARGET_FIELDS.items()}
     return {"checkpoint": str(checkpoint), "videos": names, "alignment": HEADLINE_ALIGNMENT,
+            "reset_scale_error": {name: {"level": float(np.median(e)), "wander": float(np.std(e))}
+                                  for name, e in scale_errors.items()},
             "gate": GATE, "betas": list(betas), "means": means, "ratio_to_reset": ratios,
             "floor": gt, "floor_ratio_to_reset": {k: _ratio(gt[k], means["reset"][k]) for k in TEMPORAL},
             "excess": excess, "targets": targets,
@@ -176,6 +223,26 @@ def xt_figure(path: Path, video: EvalVideo, depths: dict[str, np.ndarray]) -> No
     plot_grid(path.with_name(path.stem + "_log_ratio.png"), [ratios],
               title=f"{video.name}: log(depth / truth) along the x-t slice", units="log ratio", vmin=-0.5,
               vmax=0.5, col_labels=list(slices), cmap="RdBu_r", ylabel="frame t")
+
+
+def scale_figure(path: Path, errors: dict[str, np.ndarray]) -> None:
+    """Each video's frame scale error ``e_t`` of the per-frame (reset) output against the frame index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours; the style tells the next 20 apart
+    for i, (name, e) in enumerate(errors.items()):
+        ax.plot(np.arange(len(e)), e, lw=1.2, color=colours[i % 20], ls="-" if i < 20 else "--", label=name)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set(xlabel="frame t", ylabel="scale error e_t = median log(truth / depth)",
+           title="Per-frame student: how far each frame's scale is off")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def markdown(r: dict) -> str:

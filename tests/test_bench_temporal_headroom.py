@@ -53,6 +53,26 @@ def test_pixel_memory_damps_flicker_to_the_ema_steady_state_and_gates_jumps():
     np.testing.assert_allclose(headroom.fuse(jump, video, 0.5, "gt_pose", "pixel")[-1], jump[-1], rtol=1e-6)
 
 
+def test_scale_oracles_remove_the_frame_errors_they_claim():
+    # The per-frame output is the truth times exp(a_t): a_t is frame t's scale error, the same on every pixel.
+    a = np.array([0.3, -0.1, 0.2, 0.0, 0.4])
+    truth = np.linspace(1.0, 5.0, H * W).reshape(H, W)
+    reference = np.broadcast_to(truth, (len(a), H, W)).astype(np.float32)
+    video = SimpleNamespace(reference=reference, reference_valid=np.ones((len(a), H, W), bool))
+    depth = (reference * np.exp(a)[:, None, None]).astype(np.float32)
+
+    def kept_error(oracle: str) -> np.ndarray:
+        return np.log(headroom.oracle_scale(depth, video, oracle) / reference).mean(axis=(1, 2))
+
+    np.testing.assert_allclose(kept_error("per-frame"), 0.0, atol=1e-5)
+    np.testing.assert_allclose(kept_error("per-video"), a - np.median(a), atol=1e-5)  # the wander is kept
+    np.testing.assert_allclose(kept_error("video"), np.full(len(a), a.mean()), atol=1e-5)  # the level is kept
+    # Causal: frame t's error becomes the mean of the errors of frames 0..t.
+    np.testing.assert_allclose(kept_error("causal"), [0.3, 0.1, 0.4 / 3, 0.1, 0.16], atol=1e-5)
+    with pytest.raises(ValueError, match="oracle must be one of"):
+        headroom.oracle_scale(depth, video, "future")
+
+
 def test_unknown_motion_or_mode_is_refused():
     with pytest.raises(ValueError, match="motion must be one of"):
         headroom.fuse(np.ones((2, H, W), np.float32), plane_video(np.zeros(3)), 0.5, "flow", "pixel")
@@ -68,8 +88,9 @@ def test_scores_every_variant_and_writes_the_table_and_pictures(tmp_path):
     results = headroom.main(["--checkpoint", str(checkpoint), "--data", str(data), "--betas", "0.5",
                              "--videos", "2", "--threads", "1", "--results", str(out)])
     assert json.loads((out / "bench_temporal_headroom.json").read_text()) == json.loads(json.dumps(results))
-    labels = ["reset", "stream", *(name for name, *_ in headroom.variant_names([0.5]))]
-    assert list(results["means"]) == labels and len(labels) == 6
+    labels = ["reset", "stream", *(name for name, *_ in headroom.variant_names([0.5])),
+              *(f"gt_scale {oracle}" for oracle in headroom.ORACLES)]
+    assert list(results["means"]) == labels and len(labels) == 10
     reset = results["means"]["reset"]
     for metric, ratio in results["ratio_to_reset"]["reset"].items():
         # NaN where there is nothing to compare with: the δ1 of 0 of a random model, a region without pixels
@@ -78,8 +99,11 @@ def test_scores_every_variant_and_writes_the_table_and_pictures(tmp_path):
     assert all(math.isfinite(results["floor"][k]) and results["floor"][k] >= 0 for k in headroom.TEMPORAL)
     table = (out / "bench_temporal_headroom.md").read_text()
     assert "| gt_pose pixel b=0.5 |" in table and "| ground truth (floor) |" in table
-    for suffix in ("depth", "log_ratio"):
-        assert (out / f"bench_temporal_headroom_xt_{suffix}.png").stat().st_size > 0
+    # Every frame's scale taken from the truth cannot be less accurate than the output it corrects.
+    assert results["means"]["gt_scale per-frame"]["abs_rel"] <= reset["abs_rel"]
+    for picture in ("xt_depth", "xt_log_ratio", "scale"):
+        assert (out / f"bench_temporal_headroom_{picture}.png").stat().st_size > 0
+    assert set(results["reset_scale_error"]) == {"scene_06", "scene_07"}
 
 
 def test_bad_arguments_are_one_clear_error(tmp_path, capsys):
