@@ -32,7 +32,8 @@ first video: per-frame, best fusion, truth, and log(depth / truth) of the first 
 and its wander; their median and standard deviation per video are ``reset_scale_error`` in the JSON).
 
 Run: ``python -m bench.bench_temporal_headroom`` after ``make repro`` (``--checkpoint``, ``--data``,
-``--betas``, ``--videos N``: the first N only). Results: ``bench/results/bench_temporal_headroom.{json,md}``.
+``--betas``, ``--videos N``: the first N only). Results: ``bench/results/bench_temporal_headroom.{json,md}``
+and the three PNGs above.
 """
 
 from __future__ import annotations
